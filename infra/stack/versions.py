@@ -1,0 +1,33 @@
+"""Every pinned chart, add-on and image version of the stack, each with the reason it was chosen.
+
+Several people edit this module: add or change one constant at a time and keep the reason next to it.
+Upgrading a chart: read its changelog for value-key renames, bump the constant, run the offline plan
+(`scripts/plan dev`) and the test suite, then `pulumi preview` against a real stack.
+"""
+
+# --- Kubernetes layer: Helm charts (repository URL + chart version) -----------------------------------------------
+
+# NVIDIA device plugin, official chart. 0.20.0 is the newest release (Aug 2026); it still ships the `config.map`
+# time-slicing settings and the `nodeSelector`/`affinity`/`tolerations` values we set to keep it on GPU nodes.
+NVIDIA_DEVICE_PLUGIN_CHART_REPO = "https://nvidia.github.io/k8s-device-plugin"
+NVIDIA_DEVICE_PLUGIN_CHART_VERSION = "0.20.0"
+
+# DCGM exporter, official chart. 4.8.2 (DCGM 4.5.3) is the newest release; its ServiceMonitor has `honorLabels`,
+# which keeps the `pod`/`namespace` labels that name the workload using each GPU.
+DCGM_EXPORTER_CHART_REPO = "https://nvidia.github.io/dcgm-exporter/helm-charts"
+DCGM_EXPORTER_CHART_VERSION = "4.8.2"
+
+# kube-prometheus-stack (Prometheus Operator v0.93, Grafana, Alertmanager, node-exporter, kube-state-metrics).
+# 88.5.3 is the newest release; the `*SelectorNilUsesHelmValues` keys we rely on are unchanged in it.
+KUBE_PROMETHEUS_STACK_CHART_REPO = "https://prometheus-community.github.io/helm-charts"
+KUBE_PROMETHEUS_STACK_CHART_VERSION = "88.5.3"
+
+# prometheus-adapter 5.3.0 (adapter v0.12.0), the newest release: serves our gauges on custom.metrics.k8s.io.
+PROMETHEUS_ADAPTER_CHART_REPO = "https://prometheus-community.github.io/helm-charts"
+PROMETHEUS_ADAPTER_CHART_VERSION = "5.3.0"
+
+# --- Kubernetes layer: images --------------------------------------------------------------------------------------
+
+# AWS CLI for the init container that copies model weights from S3 into the model cache (only with an S3 model
+# source). A fixed 2.x release: `aws s3 sync` flags are stable across 2.x; bump with the other images.
+AWS_CLI_IMAGE = "public.ecr.aws/aws-cli/aws-cli:2.27.49"
