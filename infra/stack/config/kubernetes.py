@@ -1,0 +1,314 @@
+"""Kubernetes sections of the stack config: the `addons` and `inference` Pulumi config objects.
+
+Both models are built from the JSON the Pulumi CLI hands over (`Config.require_object`), use the camelCase keys
+written in `Pulumi.<stack>.yaml`, reject unknown keys, and are constructible with no arguments (the defaults
+describe a single 7B DeepSeek model on one GPU). Every value is validated here, once; components trust their args.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from decimal import Decimal
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_QUANTITY = re.compile(r"^(?P<number>[0-9]+(\.[0-9]+)?)(?P<suffix>m|Ki|Mi|Gi|Ti|k|M|G|T)?$")
+_SUFFIX_FACTOR = {
+    None: Decimal(1), "m": Decimal("0.001"), "k": Decimal(10**3), "M": Decimal(10**6), "G": Decimal(10**9),
+    "T": Decimal(10**12), "Ki": Decimal(2**10), "Mi": Decimal(2**20), "Gi": Decimal(2**30), "Ti": Decimal(2**40),
+}
+_S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$")
+_PROMETHEUS_DURATION = re.compile(r"^[0-9]+(ms|s|m|h|d|w|y)$")
+_PROMETHEUS_SIZE = re.compile(r"^[0-9]+(B|KB|MB|GB|TB|PB|EB)$")
+
+
+def parse_quantity(value: str) -> Decimal:
+    """A Kubernetes resource quantity ("500m", "16Gi", "2") as a number, for comparisons."""
+    match = _QUANTITY.match(value)
+    if match is None:
+        raise ValueError(f"{value!r} is not a Kubernetes quantity; write e.g. '2', '500m', '16Gi'")
+    return Decimal(match["number"]) * _SUFFIX_FACTOR[match["suffix"]]
+
+
+def _quantity(value: str) -> str:
+    parse_quantity(value)
+    return value
+
+
+def _dns_label(value: str) -> str:
+    if len(value) > 40 or not _DNS_LABEL.match(value):
+        raise ValueError(f"{value!r} must be a lowercase DNS label (a-z, 0-9, '-'; starts with a letter; ≤ 40 chars)")
+    return value
+
+
+class _Section(BaseModel):
+    """Strict, immutable, camelCase in the stack file; unknown keys are errors (a typo never passes silently)."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, alias_generator=to_camel, populate_by_name=True
+    )
+
+
+# --------------------------------------------------------------------------------------------------------- addons
+
+
+class DevicePluginConfig(_Section):
+    enabled: bool = True
+    # 1 = every pod gets whole GPUs. N > 1 = each GPU is advertised N times (CUDA time-slicing: no memory isolation).
+    time_slicing_replicas: Annotated[int, Field(ge=1, le=48)] = 1
+
+
+class DcgmExporterConfig(_Section):
+    enabled: bool = True
+
+
+class PrometheusConfig(_Section):
+    retention: str = "15d"
+    # Prometheus deletes the oldest blocks past this size; keep it under the volume size.
+    retention_size: str = "45GB"
+    storage_size: str = "50Gi"
+    # None = the cluster's default StorageClass.
+    storage_class_name: str | None = None
+
+    @field_validator("retention")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        if not _PROMETHEUS_DURATION.match(value):
+            raise ValueError(f"prometheus.retention {value!r} must be a duration like '15d'")
+        return value
+
+    @field_validator("retention_size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        if not _PROMETHEUS_SIZE.match(value):
+            raise ValueError(f"prometheus.retentionSize {value!r} must be a size like '45GB'")
+        return value
+
+    @field_validator("storage_size")
+    @classmethod
+    def _storage(cls, value: str) -> str:
+        return _quantity(value)
+
+
+class GrafanaConfig(_Section):
+    enabled: bool = True
+
+
+class AddonsConfig(_Section):
+    """Cluster add-ons: GPU plumbing and the monitoring stack (the `addons` config object)."""
+
+    gpu_namespace: str = "nvidia"
+    monitoring_namespace: str = "monitoring"
+    # Turn these off on clusters where the NVIDIA GPU Operator already runs them.
+    device_plugin: DevicePluginConfig = DevicePluginConfig()
+    dcgm_exporter: DcgmExporterConfig = DcgmExporterConfig()
+    prometheus: PrometheusConfig = PrometheusConfig()
+    grafana: GrafanaConfig = GrafanaConfig()
+    alertmanager_enabled: bool = True
+
+    @field_validator("gpu_namespace", "monitoring_namespace")
+    @classmethod
+    def _namespaces(cls, value: str) -> str:
+        return _dns_label(value)
+
+
+# ------------------------------------------------------------------------------------------------------ inference
+
+
+class ModelConfig(_Section):
+    # Where the weights come from: a Hugging Face id downloaded by the server, or an S3 prefix copied by an
+    # init container into the model cache (the pod's ServiceAccount then needs read access: see serviceAccountRoleArn).
+    source: Literal["huggingface", "s3"] = "huggingface"
+    id: str = "deepseek-ai/deepseek-llm-7b-chat"
+    s3_uri: str | None = None
+    served_model_name: str | None = None
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    max_model_len: Annotated[int, Field(ge=1)] | None = None
+    max_batch_size: Annotated[int, Field(ge=1)] | None = None
+    max_queue: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _source_matches(self) -> Self:
+        if self.source == "s3" and (self.s3_uri is None or not _S3_URI.match(self.s3_uri)):
+            raise ValueError("model.source 's3' needs model.s3Uri like 's3://bucket/prefix'")
+        if self.source == "huggingface" and self.s3_uri is not None:
+            raise ValueError("model.s3Uri is set but model.source is 'huggingface'; set source: s3 or drop s3Uri")
+        return self
+
+
+class ResourcesConfig(_Section):
+    # The seed's sizing for a 7B model in bfloat16: 2-4 CPU, 16-32 Gi of host memory (weights are staged in RAM).
+    cpu_request: str = "2"
+    cpu_limit: str = "4"
+    memory_request: str = "16Gi"
+    memory_limit: str = "32Gi"
+    # /dev/shm (a memory-backed emptyDir): PyTorch and NCCL use it; it counts against memoryLimit.
+    shm_size: str = "2Gi"
+
+    @field_validator("cpu_request", "cpu_limit", "memory_request", "memory_limit", "shm_size")
+    @classmethod
+    def _quantities(cls, value: str) -> str:
+        return _quantity(value)
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> Self:
+        for what, request, limit in (
+            ("cpu", self.cpu_request, self.cpu_limit),
+            ("memory", self.memory_request, self.memory_limit),
+        ):
+            if parse_quantity(request) > parse_quantity(limit):
+                raise ValueError(f"resources: {what} request {request} is above its limit {limit}")
+        if parse_quantity(self.shm_size) >= parse_quantity(self.memory_limit):
+            raise ValueError(f"resources: shmSize {self.shm_size} must be well under memoryLimit {self.memory_limit}")
+        return self
+
+
+class ModelCacheConfig(_Section):
+    # emptyDir: node-local scratch, re-downloaded on every new pod. ephemeral: a fresh PVC per pod from
+    # storageClassName (survives container restarts, not rescheduling). existingClaim: a shared claim (ReadWriteMany,
+    # e.g. EFS) that every replica mounts: weights are downloaded once.
+    type: Literal["emptyDir", "ephemeral", "existingClaim"] = "emptyDir"
+    size: str = "60Gi"
+    storage_class_name: str | None = None
+    claim_name: str | None = None
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        return _quantity(value)
+
+    @model_validator(mode="after")
+    def _claim_given(self) -> Self:
+        if (self.type == "existingClaim") != (self.claim_name is not None):
+            raise ValueError("modelCache.claimName is required with type 'existingClaim' and only then")
+        return self
+
+
+class AutoscalingConfig(_Section):
+    min_replicas: Annotated[int, Field(ge=1)] = 1
+    max_replicas: Annotated[int, Field(ge=1)] = 2
+    # HPA target: average of (waiting + running) requests per pod. Near the server's batch size keeps GPUs busy
+    # without a long queue.
+    target_requests_per_pod: Annotated[int, Field(ge=1)] = 8
+    # Scale up at once; scale down only after this long below target (model loading is minutes, so flapping is dear).
+    scale_down_stabilization_seconds: Annotated[int, Field(ge=0, le=3600)] = 600
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> Self:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"autoscaling.minReplicas {self.min_replicas} > maxReplicas {self.max_replicas}")
+        return self
+
+
+class SchedulingConfig(_Section):
+    # Preferred (not required) node capacity type: EKS labels managed nodes eks.amazonaws.com/capacityType.
+    capacity_type: Literal["on-demand", "spot", "any"] = "on-demand"
+    # required: never two pods in one zone while another zone has fewer (pods stay Pending if a zone has no GPUs).
+    zone_spread: Literal["required", "preferred"] = "preferred"
+    priority: Annotated[int, Field(ge=0, le=1_000_000_000)] = 100_000
+
+
+class LifecycleConfig(_Section):
+    # Model download + load may take many minutes: the startup probe allows this long before restarting the pod.
+    startup_timeout_seconds: Annotated[int, Field(ge=60, le=7200)] = 1200
+    # Passed to the server as DRAIN_TIMEOUT: how long in-flight requests may run after SIGTERM.
+    drain_timeout_seconds: Annotated[int, Field(ge=1, le=600)] = 25
+    # preStop pause before SIGTERM, so endpoints and the load balancer stop sending new requests first.
+    pre_stop_sleep_seconds: Annotated[int, Field(ge=0, le=120)] = 15
+
+    @property
+    def termination_grace_period_seconds(self) -> int:
+        """Covers the preStop pause, the drain and 5 s for the process to exit."""
+        return self.pre_stop_sleep_seconds + self.drain_timeout_seconds + 5
+
+
+# A JSON list in the stack file, kept as an immutable tuple (strict mode alone would refuse the list).
+_Cidrs = Annotated[tuple[str, ...], Field(strict=False)]
+
+
+class ServiceConfig(_Section):
+    # Client CIDRs allowed through the load balancer (and by the NetworkPolicy).
+    load_balancer_source_ranges: _Cidrs = ("0.0.0.0/0",)
+    # internal: an NLB reachable only inside the VPC.
+    internal: bool = False
+    # An ACM certificate ARN: the NLB terminates TLS on 443. Without it the Service listens on plain port 80.
+    tls_certificate_arn: str | None = None
+    # More client CIDRs the NetworkPolicy admits without going through the load balancer (e.g. the VPC).
+    extra_client_cidrs: _Cidrs = ()
+
+    @field_validator("load_balancer_source_ranges", "extra_client_cidrs")
+    @classmethod
+    def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=True)
+            except ValueError as error:
+                raise ValueError(f"{cidr!r} is not a network CIDR like '10.0.0.0/8' ({error})") from None
+        return value
+
+    @field_validator("load_balancer_source_ranges")
+    @classmethod
+    def _not_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("service.loadBalancerSourceRanges must list at least one CIDR ('0.0.0.0/0' = anyone)")
+        return value
+
+
+class InferenceConfig(_Section):
+    """One model deployment: the `inference` config object."""
+
+    name: str = "deepseek"
+    namespace: str = "deepseek-inference"
+    # The server image (docker/): a fixed tag or a digest, never 'latest'.
+    image: str = "ghcr.io/deepseek-inference/server:0.1.0"
+    gpu_count: Annotated[int, Field(ge=1, le=8)] = 1
+    # The stack must never serve without API keys (the `apiKeys` secret): set true for production stacks.
+    require_api_keys: bool = False
+    # IAM role for the pods' ServiceAccount (IRSA), e.g. read access to the S3 model prefix.
+    service_account_role_arn: str | None = None
+    model: ModelConfig = ModelConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    model_cache: ModelCacheConfig = ModelCacheConfig()
+    autoscaling: AutoscalingConfig = AutoscalingConfig()
+    scheduling: SchedulingConfig = SchedulingConfig()
+    lifecycle: LifecycleConfig = LifecycleConfig()
+    service: ServiceConfig = ServiceConfig()
+
+    @field_validator("name", "namespace")
+    @classmethod
+    def _names(cls, value: str) -> str:
+        return _dns_label(value)
+
+    @field_validator("image")
+    @classmethod
+    def _pinned_image(cls, value: str) -> str:
+        name, _, digest = value.partition("@")
+        last = name.rsplit("/", 1)[-1]
+        tag = last.partition(":")[2]
+        if digest:
+            if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+                raise ValueError(f"image {value!r}: a digest must be 'sha256:' and 64 hex digits")
+        elif not tag or tag == "latest":
+            raise ValueError(f"image {value!r} must carry a fixed tag or a digest (never 'latest' or none)")
+        return value
+
+    @field_validator("service_account_role_arn")
+    @classmethod
+    def _role_arn(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"arn:aws[a-z-]*:iam::[0-9]{12}:role/[\w+=,.@/-]+", value):
+            raise ValueError(f"serviceAccountRoleArn {value!r} is not an IAM role ARN")
+        return value
+
+
+def check_api_keys(inference: InferenceConfig, api_keys: str | None) -> None:
+    """Raises when the stack requires API keys (production) and the `apiKeys` secret is missing or empty."""
+    keys = [key for key in (api_keys or "").split(",") if key.strip()]
+    if inference.require_api_keys and not keys:
+        raise ValueError(
+            "inference.requireApiKeys is true but the 'apiKeys' secret is empty: "
+            "run `pulumi config set --secret apiKeys <key1,key2>`"
+        )
