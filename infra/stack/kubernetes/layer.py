@@ -1,0 +1,85 @@
+"""The Kubernetes layer: monitoring, GPU add-ons and the inference service, on any cluster's provider."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from stack.config import StackConfig
+from stack.kubernetes.gpu_addons import GpuAddons, GpuAddonsArgs
+from stack.kubernetes.inference_service import InferenceService, InferenceServiceArgs
+from stack.kubernetes.monitoring import PROMETHEUS_POD_LABELS, Monitoring, MonitoringArgs
+
+
+@dataclass(frozen=True)
+class KubernetesLayerOutputs:
+    inference_endpoint: pulumi.Output[str]
+    inference_namespace: pulumi.Output[str]
+    monitoring_namespace: pulumi.Output[str]
+    grafana_service: pulumi.Output[str]
+
+    def exports(self) -> dict[str, pulumi.Output[str]]:
+        """Stack output names: `for key, value in layer.exports().items(): pulumi.export(key, value)`."""
+        return {
+            "inferenceEndpoint": self.inference_endpoint,
+            "inferenceNamespace": self.inference_namespace,
+            "monitoringNamespace": self.monitoring_namespace,
+            "grafanaService": self.grafana_service,
+        }
+
+
+def deploy_kubernetes_layer(
+    config: StackConfig, provider: k8s.Provider, depends_on: Sequence[pulumi.Resource]
+) -> KubernetesLayerOutputs:
+    """Builds every Kubernetes component with `provider` (the EKS cluster's, or an existing cluster's).
+
+    Order: the monitoring stack first (its CRDs back every ServiceMonitor and PrometheusRule, its adapter the
+    HPA's metric), then the GPU add-ons (the DCGM exporter ships a ServiceMonitor), then the inference service.
+    Everything also waits for `depends_on` (the cluster and its node pools) through the provider.
+    """
+    addons = config.addons
+    opts = pulumi.ResourceOptions(providers=[provider], depends_on=list(depends_on))
+    monitoring = Monitoring(
+        "monitoring",
+        MonitoringArgs(
+            namespace=addons.monitoring_namespace,
+            retention=addons.prometheus.retention,
+            retention_size=addons.prometheus.retention_size,
+            storage_size=addons.prometheus.storage_size,
+            storage_class_name=addons.prometheus.storage_class_name,
+            grafana=addons.grafana.enabled,
+            alertmanager=addons.alertmanager_enabled,
+        ),
+        opts=opts,
+    )
+    GpuAddons(
+        "gpu-addons",
+        GpuAddonsArgs(
+            namespace=addons.gpu_namespace,
+            device_plugin=addons.device_plugin.enabled,
+            dcgm_exporter=addons.dcgm_exporter.enabled,
+            time_slicing_replicas=addons.device_plugin.time_slicing_replicas,
+            depends_on=monitoring.releases,
+        ),
+        opts=opts,
+    )
+    inference = InferenceService(
+        f"inference-{config.inference.name}",
+        InferenceServiceArgs(
+            config=config.inference,
+            api_keys=config.api_keys,
+            monitoring_namespace=addons.monitoring_namespace,
+            prometheus_pod_labels=PROMETHEUS_POD_LABELS,
+            depends_on=monitoring.releases,
+        ),
+        opts=opts,
+    )
+    return KubernetesLayerOutputs(
+        inference_endpoint=inference.endpoint,
+        inference_namespace=inference.namespace,
+        monitoring_namespace=monitoring.namespace,
+        grafana_service=monitoring.grafana_service,
+    )

@@ -1,0 +1,43 @@
+"""The server's Prometheus metric names (app/ contract) and the custom metrics the HPA scales on."""
+
+from __future__ import annotations
+
+WAITING = "deepseek_num_requests_waiting"
+RUNNING = "deepseek_num_requests_running"
+BATCH_SIZE = "deepseek_batch_size"
+REQUESTS_TOTAL = "deepseek_requests_total"
+E2E_LATENCY = "deepseek_e2e_request_latency_seconds"
+TIME_TO_FIRST_TOKEN = "deepseek_time_to_first_token_seconds"
+INTER_TOKEN_LATENCY = "deepseek_inter_token_latency_seconds"
+PROMPT_TOKENS = "deepseek_prompt_tokens_total"
+GENERATION_TOKENS = "deepseek_generation_tokens_total"
+# DCGM exporter: GPU utilisation in percent, labelled with the pod using the GPU (honorLabels keeps them).
+GPU_UTIL = "DCGM_FI_DEV_GPU_UTIL"
+
+# Served by prometheus-adapter on custom.metrics.k8s.io per pod: waiting + running requests. The HPA's target.
+IN_FLIGHT = "deepseek_num_requests_inflight"
+
+_PER_POD = {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
+
+
+def adapter_rules() -> list[dict[str, object]]:
+    """prometheus-adapter `rules.custom`: the two gauges as they are, and their per-pod sum for the HPA."""
+    gauges: list[dict[str, object]] = [
+        {
+            "seriesQuery": f'{gauge}{{namespace!="",pod!=""}}',
+            "resources": {"overrides": _PER_POD},
+            "name": {"matches": f"^{gauge}$", "as": gauge},
+            "metricsQuery": "sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)",
+        }
+        for gauge in (WAITING, RUNNING)
+    ]
+    in_flight: dict[str, object] = {
+        "seriesQuery": f'{RUNNING}{{namespace!="",pod!=""}}',
+        "resources": {"overrides": _PER_POD},
+        "name": {"matches": f"^{RUNNING}$", "as": IN_FLIGHT},
+        "metricsQuery": (
+            f"sum by (<<.GroupBy>>) ({RUNNING}{{<<.LabelMatchers>>}})"
+            f" + sum by (<<.GroupBy>>) ({WAITING}{{<<.LabelMatchers>>}})"
+        ),
+    }
+    return [*gauges, in_flight]
