@@ -31,3 +31,23 @@ PROMETHEUS_ADAPTER_CHART_VERSION = "5.3.0"
 # AWS CLI for the init container that copies model weights from S3 into the model cache (only with an S3 model
 # source). A fixed 2.x release: `aws s3 sync` flags are stable across 2.x; bump with the other images.
 AWS_CLI_IMAGE = "public.ecr.aws/aws-cli/aws-cli:2.27.49"
+
+# --- AWS layer ------------------------------------------------------------------------------------------------------
+
+# cluster-autoscaler, official chart (kubernetes/autoscaler). 9.52.1 (Oct 2025) has the `autoDiscovery.tags`,
+# `expanderPriorities` and `extraArgs` values we set, and runs the image below through `image.tag`.
+CLUSTER_AUTOSCALER_CHART_REPO = "https://kubernetes.github.io/autoscaler"
+CLUSTER_AUTOSCALER_CHART_VERSION = "9.52.1"
+
+# The autoscaler's minor version must match the control plane's (its scheduler simulation is compiled against
+# that Kubernetes release), so the image tag follows `cluster.version`; these are the latest patch of each minor.
+# The keys are also the Kubernetes versions the stack config accepts.
+CLUSTER_AUTOSCALER_IMAGE_TAGS: dict[str, str] = {
+    "1.32": "v1.32.3",
+    "1.33": "v1.33.1",
+    "1.34": "v1.34.0",
+}
+
+# EKS managed add-ons (vpc-cni, kube-proxy, coredns, eks-pod-identity-agent, aws-ebs-csi-driver) are not pinned
+# here: their valid versions depend on the cluster version, and EKS installs its tested default for that version.
+# Pin one per stack with `cluster.addonVersions` (see `aws eks describe-addon-versions`).

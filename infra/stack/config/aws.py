@@ -1,0 +1,298 @@
+"""AWS sections of the stack config: `network`, `cluster`, `nodePools`, `clusterAutoscaler`, `imageRegistry`.
+
+Every value is checked here, once, with an error that names the fix; the components in `stack.aws` trust their args.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from ipaddress import IPv4Network
+from typing import Annotated, Literal, Self
+
+from pydantic import Field, field_validator, model_validator
+
+from stack.config.base import ConfigSection
+from stack.versions import CLUSTER_AUTOSCALER_IMAGE_TAGS
+
+# NVIDIA GPU instance types the GPU pools accept, with their GPU count (x86_64 only: the pools use the
+# AL2023_x86_64_NVIDIA AMI). The count feeds the cluster-autoscaler's scale-from-zero hint, so every type in one
+# pool must have the same count. Extend the table when AWS adds a type.
+GPU_INSTANCE_TYPES: dict[str, int] = {
+    **{f"g4dn.{size}": 1 for size in ("xlarge", "2xlarge", "4xlarge", "8xlarge", "16xlarge")},
+    "g4dn.12xlarge": 4,
+    "g4dn.metal": 8,
+    **{
+        f"{family}.{size}": 1
+        for family in ("g5", "g6", "g6e")
+        for size in ("xlarge", "2xlarge", "4xlarge", "8xlarge", "16xlarge")
+    },
+    **{f"{family}.{size}": 4 for family in ("g5", "g6", "g6e") for size in ("12xlarge", "24xlarge")},
+    **{f"{family}.48xlarge": 8 for family in ("g5", "g6", "g6e")},
+    "gr6.4xlarge": 1,
+    "gr6.8xlarge": 1,
+    "p4d.24xlarge": 8,
+    "p4de.24xlarge": 8,
+    "p5.4xlarge": 1,
+    "p5.48xlarge": 8,
+    "p5e.48xlarge": 8,
+    "p5en.48xlarge": 8,
+    "p6-b200.48xlarge": 8,
+}
+
+_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+_ZONE = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-[0-9][a-z]$")
+_CLUSTER_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]{0,99}$")
+_IAM_PRINCIPAL = re.compile(r"^arn:aws[a-z-]*:iam::[0-9]{12}:(role|user)/[\w+=,.@/-]+$")
+_DURATION = re.compile(r"^[0-9]+[smh]$")
+_ECR_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
+_ADDONS = ("vpc-cni", "kube-proxy", "coredns", "eks-pod-identity-agent", "aws-ebs-csi-driver")
+
+
+# ------------------------------------------------------------------------------------------------------- network
+
+
+class ZoneConfig(ConfigSection):
+    """One availability zone: a public subnet (load balancers, NAT) and a private subnet (nodes)."""
+
+    name: str
+    public_subnet_cidr: IPv4Network
+    private_subnet_cidr: IPv4Network
+
+    @field_validator("name")
+    @classmethod
+    def _zone_name(cls, value: str) -> str:
+        if not _ZONE.match(value):
+            raise ValueError(f"{value!r} is not an availability zone name; write one like 'us-west-2a'")
+        return value
+
+
+class NetworkConfig(ConfigSection):
+    vpc_cidr: IPv4Network
+    # Listed in the stack file (no provider lookups while the program runs). EKS needs at least two.
+    zones: list[ZoneConfig]
+    # single: one NAT gateway for all zones (cheap; a zone outage cuts egress). perZone: one per zone (HA).
+    nat_gateways: Literal["single", "perZone"] = "single"
+
+    @field_validator("zones")
+    @classmethod
+    def _enough_zones(cls, zones: list[ZoneConfig]) -> list[ZoneConfig]:
+        if len(zones) < 2:
+            raise ValueError(f"lists {len(zones)} zone(s) but EKS needs subnets in at least 2; add another zone")
+        names = [zone.name for zone in zones]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"zone {duplicates[0]!r} is listed twice; list each zone once")
+        return zones
+
+    @model_validator(mode="after")
+    def _subnets_fit(self) -> Self:
+        subnets = [
+            (f"zones[{index}].{kind}", cidr)
+            for index, zone in enumerate(self.zones)
+            for kind, cidr in (
+                ("publicSubnetCidr", zone.public_subnet_cidr),
+                ("privateSubnetCidr", zone.private_subnet_cidr),
+            )
+        ]
+        for key, cidr in subnets:
+            if not cidr.subnet_of(self.vpc_cidr):
+                raise ValueError(f"{key} {cidr} is outside vpcCidr {self.vpc_cidr}; pick a subnet inside the VPC")
+        for (key_a, cidr_a), (key_b, cidr_b) in itertools.combinations(subnets, 2):
+            if cidr_a.overlaps(cidr_b):
+                raise ValueError(f"{key_a} {cidr_a} overlaps {key_b} {cidr_b}; give every subnet its own range")
+        return self
+
+
+# ------------------------------------------------------------------------------------------------------- cluster
+
+
+class ClusterConfig(ConfigSection):
+    # Default: "<project>-<stack>". Fixed up front because subnet tags and autoscaler discovery need it.
+    name: str | None = None
+    # Kubernetes minor version of the control plane; one the pinned cluster-autoscaler image supports.
+    version: str = "1.34"
+    endpoint_private_access: bool = True
+    endpoint_public_access: bool = True
+    # Who may reach the public endpoint. Required when it is on: never leave it open to the world by accident.
+    public_access_cidrs: list[IPv4Network] = []
+    # IAM roles/users that get cluster-admin through an EKS access entry.
+    admins: list[str] = []
+    # Give the identity that runs `pulumi up` cluster-admin (it must not also be listed in `admins`).
+    bootstrap_creator_admin: bool = True
+    # Control-plane logs beyond the always-on api, audit and authenticator.
+    extra_log_types: list[Literal["controllerManager", "scheduler"]] = []
+    log_retention_days: Literal[1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1827, 3653] = 30
+    # Managed add-on versions; an add-on not listed gets the EKS default for the cluster version.
+    addon_versions: dict[str, str] = {}
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not _CLUSTER_NAME.match(value):
+            raise ValueError(f"{value!r} is not a valid EKS cluster name; use letters, digits, '-' and '_'")
+        return value
+
+    @field_validator("version")
+    @classmethod
+    def _supported_version(cls, value: str) -> str:
+        if value not in CLUSTER_AUTOSCALER_IMAGE_TAGS:
+            supported = ", ".join(sorted(CLUSTER_AUTOSCALER_IMAGE_TAGS))
+            raise ValueError(f"Kubernetes version {value!r} is not supported here; use one of {supported}")
+        return value
+
+    @field_validator("admins")
+    @classmethod
+    def _principals(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not _IAM_PRINCIPAL.match(value):
+                raise ValueError(
+                    f"{value!r} is not an IAM role or user ARN like 'arn:aws:iam::123456789012:role/admin'"
+                )
+        return values
+
+    @field_validator("addon_versions")
+    @classmethod
+    def _known_addons(cls, values: dict[str, str]) -> dict[str, str]:
+        for name in values:
+            if name not in _ADDONS:
+                raise ValueError(f"{name!r} is not a managed add-on of this stack; use one of {', '.join(_ADDONS)}")
+        return values
+
+    @model_validator(mode="after")
+    def _endpoint_reachable(self) -> Self:
+        if not (self.endpoint_public_access or self.endpoint_private_access):
+            raise ValueError("endpointPublicAccess and endpointPrivateAccess are both false; enable at least one")
+        if self.endpoint_public_access and not self.public_access_cidrs:
+            raise ValueError(
+                "endpointPublicAccess is true but publicAccessCidrs is empty (EKS would open it to 0.0.0.0/0); "
+                "list the CIDRs allowed to reach the API"
+            )
+        return self
+
+    @property
+    def log_types(self) -> list[str]:
+        return ["api", "audit", "authenticator", *self.extra_log_types]
+
+
+# ---------------------------------------------------------------------------------------------------- node pools
+
+
+class NodePoolConfig(ConfigSection):
+    instance_types: list[str]
+    min_size: Annotated[int, Field(ge=0)]
+    max_size: Annotated[int, Field(ge=1)]
+    # Only the initial size: afterwards the cluster-autoscaler owns it. Default: minSize.
+    desired_size: Annotated[int, Field(ge=0)] | None = None
+    # Root volume (gp3, encrypted). GPU pools hold multi-GiB inference images and model caches.
+    disk_size_gib: Annotated[int, Field(ge=20, le=16384)] = 100
+
+    @field_validator("instance_types")
+    @classmethod
+    def _instance_types(cls, values: list[str]) -> list[str]:
+        if not values:
+            raise ValueError("is empty; list at least one EC2 instance type")
+        for value in values:
+            if not _INSTANCE_TYPE.match(value):
+                raise ValueError(f"{value!r} is not an EC2 instance type like 'm6i.large'")
+        if len(set(values)) != len(values):
+            raise ValueError("lists an instance type twice; list each once")
+        return values
+
+    @model_validator(mode="after")
+    def _sizes(self) -> Self:
+        if self.min_size > self.max_size:
+            raise ValueError(f"minSize {self.min_size} > maxSize {self.max_size}; make minSize <= maxSize")
+        desired = self.initial_size
+        if not self.min_size <= desired <= self.max_size:
+            raise ValueError(f"desiredSize {desired} is outside minSize..maxSize ({self.min_size}..{self.max_size})")
+        return self
+
+    @property
+    def initial_size(self) -> int:
+        return self.min_size if self.desired_size is None else self.desired_size
+
+
+class GpuNodePoolConfig(NodePoolConfig):
+    disk_size_gib: Annotated[int, Field(ge=100, le=16384)] = 200
+
+    @field_validator("instance_types")
+    @classmethod
+    def _gpu_types(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if value not in GPU_INSTANCE_TYPES:
+                raise ValueError(
+                    f"{value!r} is not an NVIDIA GPU instance type (x86_64); use e.g. g6e.xlarge, g5.2xlarge, "
+                    "p5.48xlarge (see GPU_INSTANCE_TYPES in infra/stack/config/aws.py)"
+                )
+        counts = {GPU_INSTANCE_TYPES[value] for value in values}
+        if len(counts) > 1:
+            raise ValueError(
+                f"mixes instance types with different GPU counts ({', '.join(values)}); "
+                "the autoscaler needs one shape per pool: use types with the same number of GPUs"
+            )
+        return values
+
+    @property
+    def gpus_per_node(self) -> int:
+        return GPU_INSTANCE_TYPES[self.instance_types[0]]
+
+
+class SpotGpuNodePoolConfig(GpuNodePoolConfig):
+    @field_validator("instance_types")
+    @classmethod
+    def _diversified(cls, values: list[str]) -> list[str]:
+        if len(values) < 2:
+            raise ValueError("lists one instance type; spot needs at least 2 diversified GPU types to find capacity")
+        return values
+
+
+class NodePoolsConfig(ConfigSection):
+    # General purpose, on demand, untainted: cluster add-ons, monitoring, the autoscaler.
+    system: NodePoolConfig = NodePoolConfig(instance_types=["m6i.large", "m7i.large"], min_size=2, max_size=4)
+    # GPU baseline, on demand. minSize 0 lets a dev stack idle without paying for a GPU.
+    gpu_on_demand: GpuNodePoolConfig = GpuNodePoolConfig(instance_types=["g6e.xlarge"], min_size=0, max_size=2)
+    # GPU burst capacity on spot, preferred by the autoscaler; falls back to gpuOnDemand when spot is short.
+    gpu_spot: SpotGpuNodePoolConfig = SpotGpuNodePoolConfig(
+        instance_types=["g6e.xlarge", "g6e.2xlarge", "g5.2xlarge"], min_size=0, max_size=4
+    )
+
+
+# ---------------------------------------------------------------------------------------- autoscaler, registry
+
+
+class ClusterAutoscalerConfig(ConfigSection):
+    enabled: bool = True
+    # How long a node must be unneeded before it is removed.
+    scale_down_unneeded_time: str = "10m"
+    # How long after a scale-up before scale-down is considered again (GPU nodes take minutes to become useful).
+    scale_down_delay_after_add: str = "10m"
+    # A node below this fraction of requested CPU/memory/GPU is a scale-down candidate.
+    scale_down_utilization_threshold: Annotated[float, Field(gt=0, le=1)] = 0.5
+    # How long to wait for a node before giving up on a node group; this is how fast spot falls back to on demand.
+    max_node_provision_time: str = "10m"
+
+    @field_validator("scale_down_unneeded_time", "scale_down_delay_after_add", "max_node_provision_time")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        if not _DURATION.match(value):
+            raise ValueError(f"{value!r} is not a duration; write e.g. '10m', '90s' or '1h'")
+        return value
+
+
+class ImageRegistryConfig(ConfigSection):
+    # ECR repository for the inference server image.
+    name: str = "deepseek-inference"
+    # The lifecycle policy expires older images beyond this many.
+    keep_images: Annotated[int, Field(ge=1, le=10000)] = 30
+    # KMS (AWS-managed key) or AES256 encryption at rest.
+    encryption: Literal["KMS", "AES256"] = "KMS"
+    # Let `pulumi destroy` delete the repository while it still holds images.
+    force_delete: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _repository_name(cls, value: str) -> str:
+        if not (2 <= len(value) <= 256 and _ECR_NAME.match(value)):
+            raise ValueError(f"{value!r} is not an ECR repository name; use lowercase letters, digits, '-', '_', '/'")
+        return value

@@ -1,0 +1,140 @@
+"""Runs `infra/__main__.py` under `pulumi.runtime.set_mocks`, configured from a stack file as the CLI would."""
+
+from __future__ import annotations
+
+import json
+import runpy
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+from pulumi.runtime.settings import ROOT, get_root_resource
+
+from stack.testing.mocks import RecordedCall, RecordedResource, RecordingMocks
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+PROGRAM = REPO_ROOT / "infra" / "__main__.py"
+PROJECT = "deepseek-inference"
+# Secrets the stack files cannot hold in clear; tests stand in for `pulumi config set --secret`.
+TEST_SECRETS: dict[str, str] = {f"{PROJECT}:apiKeys": "test-key-1,test-key-2"}
+
+
+@dataclass
+class ProgramRun:
+    stack: str
+    resources: list[RecordedResource]
+    calls: list[RecordedCall]
+    outputs: dict[str, Any] = field(default_factory=dict)
+    secret_outputs: set[str] = field(default_factory=set)
+
+    def of_type(self, typ: str) -> list[RecordedResource]:
+        return [resource for resource in self.resources if resource.type == typ]
+
+    def one(self, typ: str, name: str | None = None) -> RecordedResource:
+        matches = [resource for resource in self.of_type(typ) if name is None or resource.name == name]
+        if len(matches) != 1:
+            raise AssertionError(f"expected one {typ} named {name!r}, found {[m.name for m in matches]}")
+        return matches[0]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stack": self.stack,
+            "resources": [resource.to_json() for resource in self.resources],
+            "outputs": self.outputs,
+        }
+
+
+def stack_settings(stack: str, root: Path = REPO_ROOT) -> dict[str, Any]:
+    """The `config:` block of Pulumi.<stack>.yaml, keys namespaced, values as parsed YAML."""
+    document = yaml.safe_load((root / f"Pulumi.{stack}.yaml").read_text())
+    settings: dict[str, Any] = {}
+    for key, value in (document.get("config") or {}).items():
+        settings[key if ":" in key else f"{PROJECT}:{key}"] = value
+    return settings
+
+
+def to_cli_value(value: Any) -> str:
+    """How the Pulumi CLI hands a config value to the program: strings as-is, everything else as JSON text."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def stack_config(
+    stack: str,
+    overrides: Mapping[str, Any] | None = None,
+    secrets: Mapping[str, str] | None = None,
+    root: Path = REPO_ROOT,
+) -> tuple[dict[str, str], list[str]]:
+    """The config map and secret keys the CLI would pass for `stack`, with overrides (None deletes a key).
+
+    Keys without a namespace belong to the project. `secure:` values in the file are replaced by `secrets`.
+    """
+    settings = stack_settings(stack, root)
+    for key, value in (overrides or {}).items():
+        full_key = key if ":" in key else f"{PROJECT}:{key}"
+        if value is None:
+            settings.pop(full_key, None)
+        else:
+            settings[full_key] = value
+    secret_values = {
+        key if ":" in key else f"{PROJECT}:{key}": value for key, value in (secrets or TEST_SECRETS).items()
+    }
+    config: dict[str, str] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and set(value) == {"secure"}:
+            if key in secret_values:
+                config[key] = secret_values[key]
+            continue
+        config[key] = to_cli_value(value)
+    for key, value in secret_values.items():
+        config.setdefault(key, value)
+    return config, sorted(secret_values)
+
+
+def run_program(
+    config: Mapping[str, str],
+    *,
+    stack: str,
+    secret_keys: Iterable[str] = (),
+    mocks: RecordingMocks | None = None,
+    program: Path = PROGRAM,
+    project: str = PROJECT,
+) -> ProgramRun:
+    """Runs the program once under mocks; exceptions it raises (e.g. `pulumi.RunError`) propagate."""
+    mocks = mocks or RecordingMocks(region=config.get("aws:region", "us-west-2"))
+    ROOT.set(None)
+    pulumi.runtime.set_all_config(dict(config), list(secret_keys))
+    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False)
+    run = ProgramRun(stack=stack, resources=mocks.resources, calls=mocks.calls)
+
+    async def collect_outputs() -> None:
+        root = get_root_resource()
+        exported: dict[str, Any] = dict(getattr(root, "outputs", {}))
+        for key, value in exported.items():
+            output = pulumi.Output.from_input(value)
+            run.outputs[key] = await output.future()
+            if await output.is_secret():
+                run.secret_outputs.add(key)
+
+    def body() -> Any:
+        runpy.run_path(str(program), run_name="__main__")
+        return collect_outputs()
+
+    run_under_mocks: Callable[[Callable[[], Any]], Callable[[], None]] = pulumi.runtime.test
+    run_under_mocks(body)()
+    return run
+
+
+def run_stack(
+    stack: str,
+    overrides: Mapping[str, Any] | None = None,
+    secrets: Mapping[str, str] | None = None,
+    mocks: RecordingMocks | None = None,
+) -> ProgramRun:
+    """`run_program` configured from Pulumi.<stack>.yaml."""
+    config, secret_keys = stack_config(stack, overrides, secrets)
+    return run_program(config, stack=stack, secret_keys=secret_keys, mocks=mocks)
