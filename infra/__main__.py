@@ -34,4 +34,6 @@ else:
     assert config.kubeconfig is not None  # checked by load_stack_config
     provider = k8s.Provider("existing", kubeconfig=config.kubeconfig, enable_server_side_apply=True)
 
-deploy_kubernetes_layer(config, provider, depends_on)
+layer = deploy_kubernetes_layer(config, provider, depends_on)
+for key, value in layer.exports().items():
+    pulumi.export(key, value)

@@ -35,7 +35,7 @@ AWS_CLI_IMAGE = "public.ecr.aws/aws-cli/aws-cli:2.27.49"
 # --- AWS layer ------------------------------------------------------------------------------------------------------
 
 # cluster-autoscaler, official chart (kubernetes/autoscaler). 9.52.1 (Oct 2025) has the `autoDiscovery.tags`,
-# `expanderPriorities` and `extraArgs` values we set, and runs the image below through `image.tag`.
+# `fullnameOverride` and `extraArgs` values we set, and runs the image below through `image.tag`.
 CLUSTER_AUTOSCALER_CHART_REPO = "https://kubernetes.github.io/autoscaler"
 CLUSTER_AUTOSCALER_CHART_VERSION = "9.52.1"
 

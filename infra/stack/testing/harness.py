@@ -101,10 +101,13 @@ def run_program(
     stack: str,
     secret_keys: Iterable[str] = (),
     mocks: RecordingMocks | None = None,
-    program: Path = PROGRAM,
+    program: Path | Callable[[], None] = PROGRAM,
     project: str = PROJECT,
 ) -> ProgramRun:
-    """Runs the program once under mocks; exceptions it raises (e.g. `pulumi.RunError`) propagate."""
+    """Runs the program (a file, or a function for unit tests of one component) once under mocks.
+
+    Exceptions it raises (e.g. `pulumi.RunError`) propagate.
+    """
     mocks = mocks or RecordingMocks(region=config.get("aws:region", "us-west-2"))
     ROOT.set(None)
     pulumi.runtime.set_all_config(dict(config), list(secret_keys))
@@ -121,7 +124,10 @@ def run_program(
                 run.secret_outputs.add(key)
 
     def body() -> Any:
-        runpy.run_path(str(program), run_name="__main__")
+        if callable(program):
+            program()
+        else:
+            runpy.run_path(str(program), run_name="__main__")
         return collect_outputs()
 
     run_under_mocks: Callable[[Callable[[], Any]], Callable[[], None]] = pulumi.runtime.test
