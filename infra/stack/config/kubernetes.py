@@ -197,8 +197,8 @@ class ModelCacheConfig(_Section):
 class AutoscalingConfig(_Section):
     min_replicas: Annotated[int, Field(ge=1)] = 1
     max_replicas: Annotated[int, Field(ge=1)] = 2
-    # HPA target: average of (waiting + running) requests per pod. Near the server's batch size keeps GPUs busy
-    # without a long queue.
+    # HPA target: average of (waiting + running) requests per pod. Under the server's batch size (MAX_BATCH_SIZE,
+    # default 32) keeps per-token latency low; nearer it packs the GPUs fuller.
     target_requests_per_pod: Annotated[int, Field(ge=1)] = 8
     # Scale up at once; scale down only after this long below target (model loading is minutes, so flapping is dear).
     scale_down_stabilization_seconds: Annotated[int, Field(ge=0, le=3600)] = 600

@@ -1,0 +1,59 @@
+"""Whole-program runs for the Kubernetes layer's tests (session-scoped: each program run takes a second or two).
+
+`dev_run` and `prod_run` come from tests/infra/conftest.py. Here: a variant of dev with every non-default
+Kubernetes option switched on, and dev on an existing cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from stack.plan import PLACEHOLDER_SECRETS, to_manifest
+from stack.testing import ProgramRun, run_stack
+
+Objects = Callable[[ProgramRun, str], list[dict[str, Any]]]
+
+VARIANT_INFERENCE = {
+    "name": "r1-distill",
+    "namespace": "r1",
+    "image": "123456789012.dkr.ecr.us-west-2.amazonaws.com/deepseek-inference@sha256:" + "a" * 64,
+    "gpuCount": 2,
+    "serviceAccountRoleArn": "arn:aws:iam::123456789012:role/model-reader",
+    "model": {"source": "s3", "s3Uri": "s3://models-bucket/deepseek/r1-distill-qwen-14b/", "dtype": "float16"},
+    "modelCache": {"type": "ephemeral", "size": "100Gi", "storageClassName": "gp3"},
+    "autoscaling": {"minReplicas": 2, "maxReplicas": 6, "targetRequestsPerPod": 12},
+    "scheduling": {"capacityType": "spot", "zoneSpread": "required"},
+    "service": {
+        "loadBalancerSourceRanges": ["198.51.100.0/24"],
+        "extraClientCidrs": ["10.20.0.0/16"],
+        "internal": True,
+        "tlsCertificateArn": "arn:aws:acm:us-west-2:123456789012:certificate/abc",
+    },
+}
+VARIANT_ADDONS = {"devicePlugin": {"timeSlicingReplicas": 4}, "prometheus": {"storageClassName": "gp3"}}
+
+
+@pytest.fixture(scope="session")
+def variant_run() -> ProgramRun:
+    return run_stack("dev", overrides={"inference": VARIANT_INFERENCE, "addons": VARIANT_ADDONS})
+
+
+@pytest.fixture(scope="session")
+def existing_run() -> ProgramRun:
+    return run_stack("dev", overrides={"clusterSource": "existing"}, secrets=PLACEHOLDER_SECRETS)
+
+
+@pytest.fixture(scope="session")
+def objects() -> Objects:
+    """`objects(run, "Deployment")`: the run's Kubernetes objects of that kind, as manifests (ints, camelCase)."""
+
+    def find(run: ProgramRun, kind: str) -> list[dict[str, Any]]:
+        return [
+            to_manifest(resource)
+            for resource in run.resources
+            if resource.type.startswith("kubernetes:") and resource.type.endswith(f":{kind}")
+        ]
+
+    return find
