@@ -1,0 +1,124 @@
+"""GPU add-ons and the monitoring stack: the Helm releases the dev stack installs, and the dashboard."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from stack import versions
+from stack.kubernetes import metrics
+from stack.kubernetes.monitoring import DASHBOARD_FILE
+from stack.testing import ProgramRun
+
+RELEASE = "kubernetes:helm.sh/v3:Release"
+GPU_NODES_ONLY = {
+    "nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "nvidia.com/gpu.present", "operator": "In", "values": ["true"]}]}
+            ]
+        }
+    }
+}
+
+
+def release(run: ProgramRun, chart: str) -> dict[str, Any]:
+    found = [r.inputs for r in run.of_type(RELEASE) if r.inputs["chart"] == chart]
+    assert len(found) == 1, f"expected one release of {chart}"
+    return found[0]
+
+
+def test_device_plugin_runs_only_on_gpu_nodes(dev_run: ProgramRun) -> None:
+    plugin = release(dev_run, "nvidia-device-plugin")
+    assert plugin["version"] == versions.NVIDIA_DEVICE_PLUGIN_CHART_VERSION
+    assert plugin["repositoryOpts"]["repo"] == "https://nvidia.github.io/k8s-device-plugin"
+    assert plugin["values"]["affinity"] == GPU_NODES_ONLY
+    assert plugin["values"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert "config" not in plugin["values"], "no time-slicing by default"
+
+
+def test_device_plugin_time_slicing(variant_run: ProgramRun) -> None:
+    config = release(variant_run, "nvidia-device-plugin")["values"]["config"]
+    assert config["default"] == "time-slicing"
+    assert "replicas: 4" in config["map"]["time-slicing"]
+    assert "name: nvidia.com/gpu" in config["map"]["time-slicing"]
+
+
+def test_dcgm_exporter_keeps_pod_and_namespace_labels(dev_run: ProgramRun) -> None:
+    exporter = release(dev_run, "dcgm-exporter")
+    assert exporter["values"]["affinity"] == GPU_NODES_ONLY
+    assert exporter["values"]["serviceMonitor"] == {"enabled": True, "interval": "15s", "honorLabels": True}
+
+
+def test_prometheus_selects_monitors_and_rules_everywhere(dev_run: ProgramRun) -> None:
+    spec = release(dev_run, "kube-prometheus-stack")["values"]["prometheus"]["prometheusSpec"]
+    for key in (
+        "serviceMonitorSelectorNilUsesHelmValues",
+        "podMonitorSelectorNilUsesHelmValues",
+        "ruleSelectorNilUsesHelmValues",
+    ):
+        assert spec[key] is False, key
+    assert spec["serviceMonitorNamespaceSelector"] == {}
+    assert spec["ruleNamespaceSelector"] == {}
+
+
+def test_prometheus_retention_and_storage_from_config(dev_run: ProgramRun, variant_run: ProgramRun) -> None:
+    spec = release(dev_run, "kube-prometheus-stack")["values"]["prometheus"]["prometheusSpec"]
+    assert (spec["retention"], spec["retentionSize"]) == ("15d", "45GB")
+    claim = spec["storageSpec"]["volumeClaimTemplate"]["spec"]
+    assert claim["resources"]["requests"]["storage"] == "50Gi"
+    assert "storageClassName" not in claim
+    variant = release(variant_run, "kube-prometheus-stack")["values"]["prometheus"]["prometheusSpec"]
+    assert variant["storageSpec"]["volumeClaimTemplate"]["spec"]["storageClassName"] == "gp3"
+
+
+def test_adapter_serves_the_metric_the_hpa_uses(dev_run: ProgramRun) -> None:
+    adapter = release(dev_run, "prometheus-adapter")["values"]
+    assert adapter["prometheus"]["url"] == "http://kps-prometheus.monitoring.svc"
+    assert adapter["rules"]["default"] is False
+    served = {rule["name"]["as"]: rule for rule in adapter["rules"]["custom"]}
+    assert set(served) == {metrics.WAITING, metrics.RUNNING, metrics.IN_FLIGHT}
+    in_flight = served[metrics.IN_FLIGHT]["metricsQuery"]
+    assert metrics.WAITING in in_flight
+    assert metrics.RUNNING in in_flight
+    assert " + " in in_flight
+    for rule in served.values():
+        assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}
+
+
+def test_chart_versions_come_from_the_versions_module(dev_run: ProgramRun) -> None:
+    charts = {r.inputs["chart"]: r.inputs["version"] for r in dev_run.of_type(RELEASE)}
+    assert charts["kube-prometheus-stack"] == versions.KUBE_PROMETHEUS_STACK_CHART_VERSION
+    assert charts["prometheus-adapter"] == versions.PROMETHEUS_ADAPTER_CHART_VERSION
+    assert charts["dcgm-exporter"] == versions.DCGM_EXPORTER_CHART_VERSION
+
+
+def test_grafana_loads_the_dashboard_from_a_labelled_config_map(dev_run: ProgramRun) -> None:
+    grafana = release(dev_run, "kube-prometheus-stack")["values"]["grafana"]
+    assert grafana["sidecar"]["dashboards"]["label"] == "grafana_dashboard"
+    (config_map,) = [
+        r.inputs for r in dev_run.of_type("kubernetes:core/v1:ConfigMap") if r.name == "monitoring-dashboard"
+    ]
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(config_map["data"][DASHBOARD_FILE.name])
+    assert dashboard["uid"] == "deepseek-inference"
+
+
+def test_dashboard_charts_the_server_metrics() -> None:
+    dashboard = json.loads(DASHBOARD_FILE.read_text(encoding="utf-8"))
+    expressions = " ".join(target["expr"] for panel in dashboard["panels"] for target in panel["targets"])
+    for metric in (
+        metrics.WAITING,
+        metrics.RUNNING,
+        metrics.BATCH_SIZE,
+        metrics.REQUESTS_TOTAL,
+        metrics.E2E_LATENCY,
+        metrics.TIME_TO_FIRST_TOKEN,
+        metrics.INTER_TOKEN_LATENCY,
+        metrics.PROMPT_TOKENS,
+        metrics.GENERATION_TOKENS,
+        metrics.GPU_UTIL,
+    ):
+        assert metric in expressions, metric
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
