@@ -313,3 +313,16 @@ def test_every_copied_path_is_in_the_build_context() -> None:
                 assert (ROOT / source).exists(), f"{dockerfile.name}: COPY {source}: no such path"
                 assert not dockerignore_excludes(source.rstrip("/")), f"{dockerfile.name}: .dockerignore drops {source}"
     assert not dockerignore_excludes("app/__main__.py")
+
+
+# --- the contract with the Kubernetes Deployment ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", sorted(DOCKERFILES))
+def test_the_pod_spec_matches_the_image(variant: str) -> None:
+    """The stack runs the pod as the image's UID and mounts the cache volume where the image keeps HF_HOME."""
+    from stack.kubernetes.common import MODEL_CACHE_PATH, SERVER_UID
+
+    final = image_of(read_stages(DOCKERFILES[variant]))
+    assert last(final, "USER").args == f"{SERVER_UID}:{SERVER_UID}"
+    assert env_of(final)["HF_HOME"] == MODEL_CACHE_PATH
