@@ -12,6 +12,7 @@ from stack.config import StackConfig
 from stack.kubernetes.gpu_addons import GpuAddons, GpuAddonsArgs
 from stack.kubernetes.inference_service import InferenceService, InferenceServiceArgs
 from stack.kubernetes.monitoring import PROMETHEUS_POD_LABELS, Monitoring, MonitoringArgs
+from stack.kubernetes.storage import ClusterStorage
 
 
 @dataclass(frozen=True)
@@ -36,12 +37,16 @@ def deploy_kubernetes_layer(
 ) -> KubernetesLayerOutputs:
     """Builds every Kubernetes component with `provider` (the EKS cluster's, or an existing cluster's).
 
-    Order: the monitoring stack first (its CRDs back every ServiceMonitor and PrometheusRule, its adapter the
-    HPA's metric), then the GPU add-ons (the DCGM exporter ships a ServiceMonitor), then the inference service.
+    Order: on a cluster this stack made, a default StorageClass first (volumes); then the monitoring stack (its
+    CRDs back every ServiceMonitor and PrometheusRule, its adapter the HPA's metric); then the GPU add-ons (the DCGM
+    exporter ships a ServiceMonitor); then the inference service.
     Everything also waits for `depends_on` (the cluster and its node pools) through the provider.
     """
     addons = config.addons
     opts = pulumi.ResourceOptions(providers=[provider], depends_on=list(depends_on))
+    if config.cluster_source == "eks":
+        storage = ClusterStorage("storage", opts=opts)
+        opts = pulumi.ResourceOptions(providers=[provider], depends_on=[*depends_on, storage])
     monitoring = Monitoring(
         "monitoring",
         MonitoringArgs(

@@ -37,4 +37,15 @@ def test_components_are_registered(dev_run: ProgramRun) -> None:
         "deepseek:kubernetes:Monitoring",
         "deepseek:kubernetes:GpuAddons",
         "deepseek:kubernetes:InferenceService",
+        "deepseek:kubernetes:ClusterStorage",
     }
+
+
+def test_eks_clusters_get_a_default_encrypted_gp3_storage_class(dev_run: ProgramRun, existing_run: ProgramRun) -> None:
+    (storage_class,) = [r.inputs for r in dev_run.of_type("kubernetes:storage.k8s.io/v1:StorageClass")]
+    assert storage_class["provisioner"] == "ebs.csi.aws.com"
+    assert storage_class["parameters"] == {"type": "gp3", "encrypted": "true", "fsType": "ext4"}
+    assert storage_class["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] == "true"
+    assert storage_class["volumeBindingMode"] == "WaitForFirstConsumer"
+    # An existing cluster keeps its own default.
+    assert existing_run.of_type("kubernetes:storage.k8s.io/v1:StorageClass") == []
