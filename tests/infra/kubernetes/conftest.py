@@ -24,7 +24,7 @@ VARIANT_INFERENCE = {
     "model": {"source": "s3", "s3Uri": "s3://models-bucket/deepseek/r1-distill-qwen-14b/", "dtype": "float16"},
     "modelCache": {"type": "ephemeral", "size": "100Gi", "storageClassName": "gp3"},
     "autoscaling": {"minReplicas": 2, "maxReplicas": 6, "targetRequestsPerPod": 12},
-    "scheduling": {"capacityType": "spot", "zoneSpread": "required"},
+    "scheduling": {"capacityType": "any", "zoneSpread": "required"},
     "service": {
         "loadBalancerSourceRanges": ["198.51.100.0/24"],
         "extraClientCidrs": ["10.20.0.0/16"],

@@ -64,9 +64,9 @@ def test_prometheus_selects_monitors_and_rules_everywhere(dev_run: ProgramRun) -
 
 def test_prometheus_retention_and_storage_from_config(dev_run: ProgramRun, variant_run: ProgramRun) -> None:
     spec = release(dev_run, "kube-prometheus-stack")["values"]["prometheus"]["prometheusSpec"]
-    assert (spec["retention"], spec["retentionSize"]) == ("15d", "45GB")
+    assert (spec["retention"], spec["retentionSize"]) == ("7d", "18GB")
     claim = spec["storageSpec"]["volumeClaimTemplate"]["spec"]
-    assert claim["resources"]["requests"]["storage"] == "50Gi"
+    assert claim["resources"]["requests"]["storage"] == "20Gi"
     assert "storageClassName" not in claim
     variant = release(variant_run, "kube-prometheus-stack")["values"]["prometheus"]["prometheusSpec"]
     assert variant["storageSpec"]["volumeClaimTemplate"]["spec"]["storageClassName"] == "gp3"

@@ -74,14 +74,28 @@ def test_pods_spread_across_zones(objects: Objects, dev_run: ProgramRun, variant
         assert selects(zone["labelSelector"]["matchLabels"], pod_labels(objects, run))
 
 
-def test_capacity_type_preference(objects: Objects, dev_run: ProgramRun, variant_run: ProgramRun) -> None:
-    for run, capacity in ((dev_run, "ON_DEMAND"), (variant_run, "SPOT")):
+def test_capacity_type_preference(
+    objects: Objects, dev_run: ProgramRun, prod_run: ProgramRun, variant_run: ProgramRun
+) -> None:
+    for run, capacity in ((dev_run, "SPOT"), (prod_run, "ON_DEMAND")):
         preferred = pod_spec(objects, run)["affinity"]["nodeAffinity"][
             "preferredDuringSchedulingIgnoredDuringExecution"
         ]
-        assert preferred[0]["preference"]["matchExpressions"] == [
-            {"key": "eks.amazonaws.com/capacityType", "operator": "In", "values": [capacity]}
+        assert preferred == [
+            {
+                "weight": 100,
+                "preference": {
+                    "matchExpressions": [
+                        {"key": "eks.amazonaws.com/capacityType", "operator": "In", "values": [capacity]}
+                    ]
+                },
+            }
         ]
+    # capacityType "any": no preference at all.
+    assert (
+        "preferredDuringSchedulingIgnoredDuringExecution"
+        not in pod_spec(objects, variant_run)["affinity"]["nodeAffinity"]
+    )
 
 
 def test_probes_follow_the_server_contract(objects: Objects, dev_run: ProgramRun) -> None:
@@ -152,7 +166,7 @@ def test_service_is_a_load_balancer_selecting_the_pods(objects: Objects, dev_run
     assert service["spec"]["type"] == "LoadBalancer"
     assert selects(service["spec"]["selector"], pod_labels(objects, dev_run))
     assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
-    assert service["spec"]["loadBalancerSourceRanges"] == ["0.0.0.0/0"]
+    assert service["spec"]["loadBalancerSourceRanges"] == ["203.0.113.0/24"]
     assert service["metadata"]["annotations"]["service.beta.kubernetes.io/aws-load-balancer-type"] == "nlb"
 
 
@@ -278,3 +292,12 @@ def test_alerts_cover_latency_queue_gpu_and_readiness(objects: Objects, dev_run:
     assert 'deployment="deepseek"' in alerts["DeepSeekPodsNotReady"]["expr"]
     for alert in alerts.values():
         assert 'namespace="deepseek-inference"' in alert["expr"]
+
+
+def test_prod_stack_sizes(objects: Objects, prod_run: ProgramRun) -> None:
+    hpa = one(objects, prod_run, "HorizontalPodAutoscaler")["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 12)
+    assert hpa["metrics"][0]["pods"]["target"]["averageValue"] == "16"
+    assert one(objects, prod_run, "ResourceQuota")["spec"]["hard"]["requests.nvidia.com/gpu"] == "13"
+    assert server(objects, prod_run)["resources"]["limits"]["memory"] == "48Gi"
+    assert any(env["name"] == "API_KEYS" for env in server(objects, prod_run)["env"])
