@@ -49,3 +49,12 @@ def test_eks_clusters_get_a_default_encrypted_gp3_storage_class(dev_run: Program
     assert storage_class["volumeBindingMode"] == "WaitForFirstConsumer"
     # An existing cluster keeps its own default.
     assert existing_run.of_type("kubernetes:storage.k8s.io/v1:StorageClass") == []
+
+
+def test_stack_exports_the_layer_outputs(dev_run: ProgramRun, existing_run: ProgramRun) -> None:
+    for run in (dev_run, existing_run):
+        assert run.outputs["inferenceNamespace"] == "deepseek-inference"
+        assert run.outputs["monitoringNamespace"] == "monitoring"
+        assert run.outputs["grafanaService"] == "grafana"
+        # The NLB's DNS name, once AWS has made it: empty under mocks (no Service status).
+        assert run.outputs["inferenceEndpoint"] == ""
