@@ -1,0 +1,1 @@
+"""OpenAI-compatible inference server for DeepSeek models (FastAPI + transformers + torch)."""

@@ -1,0 +1,159 @@
+"""What the chat and completions routes share: the length budget, admission, collecting and streaming events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+
+from app.api.errors import APIError, error_body
+from app.engine.client import EngineClient
+from app.engine.client import Request as EngineRequest
+from app.engine.types import EngineDeadError, FinishReason, QueueFullError, SamplingParams
+from app.runtime import Runtime
+
+
+class ClientGoneError(Exception):
+    """The client disconnected before the answer was ready; its generation has been cancelled."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    text: str
+    finish_reason: FinishReason
+    completion_tokens: int
+
+
+def check_model(runtime: Runtime, requested: str) -> None:
+    if requested != runtime.model_name:
+        raise APIError(
+            400,
+            f"model {requested!r} is not served here; this server serves {runtime.model_name!r}",
+            param="model",
+            code="model_not_found",
+        )
+
+
+def completion_budget(
+    prompt_tokens: int, requested: int | None, max_model_len: int, default: int | None, prompt_field: str
+) -> int:
+    """max_tokens for this request; a request that cannot fit in --max-model-len is refused, never clamped."""
+    if prompt_tokens >= max_model_len:
+        raise APIError(
+            400,
+            f"the prompt is {prompt_tokens} tokens, and this server's limit (--max-model-len) is {max_model_len} "
+            "tokens for prompt and completion together",
+            param=prompt_field,
+            code="context_length_exceeded",
+        )
+    room = max_model_len - prompt_tokens
+    if requested is None:
+        return min(default, room) if default is not None else room
+    if requested > room:
+        raise APIError(
+            400,
+            f"prompt ({prompt_tokens} tokens) + max_tokens ({requested}) = {prompt_tokens + requested} tokens, over "
+            f"this server's limit of {max_model_len} (--max-model-len); lower max_tokens to at most {room}",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    return requested
+
+
+def submit(runtime: Runtime, engine: EngineClient, prompt: list[int], params: SamplingParams) -> EngineRequest:
+    try:
+        return engine.submit(prompt, params)
+    except QueueFullError:
+        raise APIError(
+            429,
+            f"the server is at capacity ({runtime.settings.max_queue} requests already waiting); retry shortly",
+            type="rate_limit_error",
+            code="queue_full",
+            headers={"Retry-After": "1"},
+        ) from None
+    except EngineDeadError as error:
+        raise APIError(503, f"the engine is not running: {error}", type="server_error", code="unavailable") from None
+
+
+async def collect(engine: EngineClient, sequence: EngineRequest, request: Request) -> Outcome:
+    """Wait for the whole answer; if the client disconnects meanwhile, cancel the generation."""
+
+    async def consume() -> Outcome:
+        parts: list[str] = []
+        async for event in engine.stream(sequence):
+            parts.append(event.text)
+            if event.finish_reason is not None:
+                if event.error is not None:
+                    raise APIError(503, f"generation failed: {event.error}", type="server_error", code="engine_error")
+                return Outcome("".join(parts), event.finish_reason, event.completion_tokens)
+        raise APIError(503, "generation ended without a result", type="server_error", code="engine_error")
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    consumer = asyncio.ensure_future(consume())
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({consumer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not consumer.done():
+            consumer.cancel()
+    if consumer.cancelled():
+        raise ClientGoneError
+    return consumer.result()
+
+
+def sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+SSE_DONE = "data: [DONE]\n\n"
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+async def stream_chunks(
+    engine: EngineClient,
+    sequence: EngineRequest,
+    request: Request,
+    on_text: Callable[[str, bool], list[dict[str, Any]]],
+    on_finish: Callable[[FinishReason], dict[str, Any]],
+    on_usage: Callable[[int], dict[str, Any]] | None,
+) -> AsyncIterator[str]:
+    """Turn engine events into SSE lines. `on_text(text, final)` makes the chunks for new text, `on_finish` the
+    chunk carrying finish_reason, `on_usage` the usage chunk. Stops (and cancels) if the client goes away."""
+    async for event in engine.stream(sequence):
+        if event.error is not None:
+            request.state.status_override = 503
+            yield sse(error_body(f"generation failed: {event.error}", "server_error", code="engine_error"))
+            break
+        request.state.completion_tokens = event.completion_tokens
+        for chunk in on_text(event.text, event.finish_reason is not None):
+            yield sse(chunk)
+        if event.finish_reason is not None:
+            yield sse(on_finish(event.finish_reason))
+            if on_usage is not None:
+                yield sse(on_usage(event.completion_tokens))
+    yield SSE_DONE

@@ -1,0 +1,178 @@
+"""Pure ASGI middleware (no BaseHTTPMiddleware: it would break streaming and disconnect detection).
+
+Outermost first: AccessLog (one JSON line and the request metrics per request) → BodyLimit → Auth (/v1 only) →
+Gate (/v1 only: 503 while loading or draining; counts requests in flight for the drain).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.errors import APIError, error_response
+from app.runtime import Runtime
+
+logger = logging.getLogger("app.access")
+
+API_PREFIX = "/v1/"
+
+
+class BodyTooLargeError(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the request body is larger than {limit} bytes")
+
+
+class AccessLogMiddleware:
+    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
+        self.app = app
+        self.runtime = runtime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            seconds = time.perf_counter() - started
+            state: dict[str, Any] = scope.get("state", {})
+            status = state.get("status_override", status)
+            prompt_tokens = int(state.get("prompt_tokens", 0))
+            completion_tokens = int(state.get("completion_tokens", 0))
+            path: str = scope["path"]
+            if path.startswith(API_PREFIX):
+                self.runtime.metrics.request_finished(path, status, seconds, prompt_tokens, completion_tokens)
+            if path not in ("/healthz", "/readyz", "/metrics") or status >= 400:
+                logger.info(
+                    "request",
+                    extra={
+                        "event": "request",
+                        "method": scope["method"],
+                        "path": path,
+                        "status": status,
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": completion_tokens,
+                        "latency_ms": round(seconds * 1000, 1),
+                        "stream": bool(state.get("stream", False)),
+                    },
+                )
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    too_large = int(value) > self.max_bytes
+                except ValueError:
+                    too_large = False
+                if too_large:
+                    error = BodyTooLargeError(self.max_bytes)
+                    await error_response(APIError(400, str(error), code="request_too_large"))(scope, receive, send)
+                    return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLargeError(self.max_bytes)  # the app's error handler answers 400
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+class AuthMiddleware:
+    """Bearer keys on /v1 routes. Keys are kept hashed and compared in constant time."""
+
+    def __init__(self, app: ASGIApp, keys: tuple[str, ...]) -> None:
+        self.app = app
+        self._digests = [hashlib.sha256(k.encode()).digest() for k in keys]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self._digests or not scope["path"].startswith(API_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            await self._refuse(scope, receive, send, "missing API key: send `Authorization: Bearer <key>`")
+            return
+        digest = hashlib.sha256(token.strip().encode()).digest()
+        if not any(secrets.compare_digest(digest, known) for known in self._digests):
+            await self._refuse(scope, receive, send, "invalid API key")
+            return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, message: str) -> None:
+        error = APIError(
+            401, message, type="authentication_error", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
+        )
+        await error_response(error)(scope, receive, send)
+
+
+class GateMiddleware:
+    """Admits /v1 requests only while the model is ready and the server is not draining; counts them in flight."""
+
+    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
+        self.app = app
+        self.runtime = runtime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(API_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        runtime = self.runtime
+        refusal: APIError | None = None
+        if runtime.draining:
+            refusal = APIError(
+                503,
+                "the server is shutting down; retry on another replica",
+                type="server_error",
+                code="draining",
+                headers={"Connection": "close", "Retry-After": "1"},
+            )
+        elif runtime.failure:
+            refusal = APIError(
+                503, f"the server cannot serve: {runtime.failure}", type="server_error", code="unavailable"
+            )
+        elif runtime.served is None:
+            refusal = APIError(
+                503,
+                "the model is still loading; retry shortly",
+                type="server_error",
+                code="loading",
+                headers={"Retry-After": "5"},
+            )
+        if refusal is not None:
+            await error_response(refusal)(scope, receive, send)
+            return
+        runtime.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            runtime.in_flight -= 1

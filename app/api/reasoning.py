@@ -1,0 +1,78 @@
+"""Split DeepSeek-R1 output into reasoning and answer, as DeepSeek's own API does.
+
+Text between `<think>` and `</think>` is reasoning (`reasoning_content`); the rest is the answer (`content`).
+R1's chat template opens `<think>` itself at the end of the prompt, so a generation may start inside the reasoning
+with only the closing tag in its text. Works on streamed pieces: a tag split across pieces is held back until whole.
+"""
+
+from __future__ import annotations
+
+OPEN, CLOSE = "<think>", "</think>"
+
+
+def prompt_opens_reasoning(prompt_text: str) -> bool:
+    """True when the rendered prompt ends inside an open <think> block (R1's template does this)."""
+    tail = prompt_text.rstrip()
+    return tail.rfind(OPEN) > tail.rfind(CLOSE)
+
+
+class ReasoningSplitter:
+    def __init__(self, starts_in_reasoning: bool = False) -> None:
+        self._in_reasoning = starts_in_reasoning
+        self._seen_close = False
+        self._skip_newlines = starts_in_reasoning  # newlines right after a tag are layout, not text
+        self._buffer = ""
+
+    def feed(self, text: str) -> tuple[str, str]:
+        """Return (reasoning, content) that can be shown for this piece of text."""
+        self._buffer += text
+        reasoning: list[str] = []
+        content: list[str] = []
+        while self._buffer:
+            if self._skip_newlines:
+                self._buffer = self._buffer.lstrip("\n")
+                if not self._buffer:
+                    break
+                self._skip_newlines = False
+            if not self._in_reasoning and self._seen_close:
+                # One reasoning block per answer: after </think>, a later <think> is ordinary text.
+                content.append(self._buffer)
+                self._buffer = ""
+                break
+            tag = CLOSE if self._in_reasoning else OPEN
+            sink = reasoning if self._in_reasoning else content
+            index = self._buffer.find(tag)
+            if index < 0:
+                keep = _partial_tag_suffix(self._buffer, tag)
+                sink.append(self._buffer[: len(self._buffer) - keep])
+                self._buffer = self._buffer[len(self._buffer) - keep :]
+                break
+            sink.append(self._buffer[:index])
+            self._buffer = self._buffer[index + len(tag) :]
+            self._seen_close = self._seen_close or self._in_reasoning
+            self._in_reasoning = not self._in_reasoning
+            self._skip_newlines = True
+        return "".join(reasoning), "".join(content)
+
+    def finish(self) -> tuple[str, str]:
+        """The text has ended: anything held back is plain text of the current part."""
+        rest, self._buffer = self._buffer, ""
+        return (rest, "") if self._in_reasoning else ("", rest)
+
+
+def split_reasoning(text: str, starts_in_reasoning: bool = False) -> tuple[str | None, str]:
+    """Whole-text version: (reasoning or None when there was none, content)."""
+    splitter = ReasoningSplitter(starts_in_reasoning)
+    reasoning, content = splitter.feed(text)
+    more_reasoning, more_content = splitter.finish()
+    reasoning += more_reasoning
+    content += more_content
+    had_reasoning = starts_in_reasoning or OPEN in text
+    return (reasoning.rstrip("\n") if had_reasoning else None), content
+
+
+def _partial_tag_suffix(text: str, tag: str) -> int:
+    for length in range(min(len(tag) - 1, len(text)), 0, -1):
+        if tag.startswith(text[-length:]):
+            return length
+    return 0

@@ -1,0 +1,200 @@
+"""Continuous batching, one step at a time: requests join the running batch between steps and leave the moment
+they finish.
+
+Each `step()` either prefills the requests that are waiting (one left-padded group, within a token budget) and
+merges them into the running batch, or decodes one token for every running request. It returns the token each
+request got. Pure and synchronous: the engine worker process drives it; tests drive it directly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+from app.engine.kv_batch import KVBatch
+from app.engine.sampling import make_generator, sample_next_tokens
+from app.engine.types import FinishReason, SamplingParams
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """One new token for one request; `finish` is set when this is its last (an EOS token is not text)."""
+
+    request_id: int
+    token: int
+    finish: FinishReason | None
+    is_eos: bool = False
+
+
+@dataclass
+class _Row:
+    request_id: int
+    prompt: list[int]
+    params: SamplingParams
+    generator: torch.Generator | None
+    generated: int = 0
+    next_token: int = 0
+    position: int = 0  # the position id of next_token
+    done: bool = False
+
+
+@dataclass(frozen=True)
+class StepStats:
+    kind: str = "idle"  # prefill, decode or idle
+    rows: int = 0
+    seconds: float = 0.0
+
+
+class BatchLoop:
+    def __init__(
+        self,
+        model: Any,
+        eos_token_ids: set[int],
+        max_batch_size: int,
+        prefill_token_budget: int = 8192,
+        cpu_threads: tuple[int, int] | None = None,
+    ) -> None:
+        self._model = model
+        self._device: torch.device = model.device
+        self._eos = eos_token_ids
+        self._pad = min(eos_token_ids) if eos_token_ids else 0
+        self._max_batch = max_batch_size
+        self._prefill_budget = prefill_token_budget
+        self._waiting: deque[_Row] = deque()
+        self._running: list[_Row] = []
+        self._batch: KVBatch | None = None
+        # (prefill, decode) torch threads on a CPU. A prefill is one large compute-bound pass while the HTTP
+        # process mostly waits, so it gets every core; decode steps are small and leave a core to the HTTP process,
+        # which streams their tokens meanwhile.
+        self._cpu_threads = cpu_threads
+        self.last = StepStats()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def idle(self) -> bool:
+        return not self._waiting and not self._running
+
+    def add(self, request_id: int, prompt: list[int], params: SamplingParams) -> None:
+        self._waiting.append(_Row(request_id, prompt, params, make_generator(params)))
+
+    def cancel(self, request_id: int) -> None:
+        """Forget a request: dropped from the queue now, or from the batch before the next step."""
+        for row in self._waiting:
+            if row.request_id == request_id:
+                self._waiting.remove(row)
+                return
+        for row in self._running:
+            if row.request_id == request_id:
+                row.done = True
+        self._drop_finished()
+
+    @torch.inference_mode()
+    def step(self) -> list[StepOutput]:
+        started = time.perf_counter()
+        admitted = self._admit()
+        if self._cpu_threads is not None:
+            torch.set_num_threads(self._cpu_threads[0] if admitted else self._cpu_threads[1])
+        if admitted:
+            outputs = self._prefill(admitted)
+            kind, rows = "prefill", len(admitted)
+        elif self._running:
+            rows = len(self._running)
+            outputs = self._decode()
+            kind = "decode"
+        else:
+            self.last = StepStats()
+            return []
+        self._drop_finished()
+        self.last = StepStats(kind, rows, time.perf_counter() - started)
+        return outputs
+
+    def _admit(self) -> list[_Row]:
+        admitted: list[_Row] = []
+        budget = self._prefill_budget
+        while self._waiting and len(self._running) + len(admitted) < self._max_batch:
+            candidate = self._waiting[0]
+            if admitted and len(candidate.prompt) > budget:
+                break  # the next step prefills it; long prompts never starve the running batch for long
+            budget -= len(candidate.prompt)
+            admitted.append(self._waiting.popleft())
+        return admitted
+
+    def _prefill(self, group: list[_Row]) -> list[StepOutput]:
+        width = max(len(r.prompt) for r in group)
+        ids = torch.full((len(group), width), self._pad, dtype=torch.long)
+        mask = torch.zeros((len(group), width), dtype=torch.long)
+        for index, row in enumerate(group):
+            ids[index, width - len(row.prompt) :] = torch.tensor(row.prompt)
+            mask[index, width - len(row.prompt) :] = 1
+        ids, mask = ids.to(self._device), mask.to(self._device)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        output = self._model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=DynamicCache(config=self._model.config),
+            use_cache=True,
+            logits_to_keep=1,  # only the last position is sampled; every position's logits would dwarf the prefill
+        )
+        tokens = sample_next_tokens(output.logits[:, -1, :], [r.params for r in group], [r.generator for r in group])
+        joined = KVBatch(output.cache, mask)
+        if self._batch is None or not self._running:
+            self._batch = joined
+        else:
+            self._batch.merge(joined)
+        for row in group:
+            row.position = len(row.prompt)
+        self._running.extend(group)
+        return [self._accept(row, token) for row, token in zip(group, tokens, strict=True)]
+
+    def _decode(self) -> list[StepOutput]:
+        batch = self._batch
+        assert batch is not None
+        ids = torch.tensor([[r.next_token] for r in self._running], dtype=torch.long, device=self._device)
+        positions = torch.tensor([[r.position] for r in self._running], dtype=torch.long, device=self._device)
+        output = self._model(
+            input_ids=ids,
+            attention_mask=batch.extend_mask(),
+            position_ids=positions,
+            cache=batch.cache,
+            use_cache=True,
+        )
+        rows = self._running
+        tokens = sample_next_tokens(output.logits[:, -1, :], [r.params for r in rows], [r.generator for r in rows])
+        for row in rows:
+            row.position += 1
+        return [self._accept(row, token) for row, token in zip(rows, tokens, strict=True)]
+
+    def _accept(self, row: _Row, token: int) -> StepOutput:
+        row.next_token = token
+        if token in self._eos and not row.params.ignore_eos:
+            row.done = True
+            return StepOutput(row.request_id, token, FinishReason.STOP, is_eos=True)
+        row.generated += 1
+        if row.generated >= row.params.max_tokens:
+            row.done = True
+            return StepOutput(row.request_id, token, FinishReason.LENGTH)
+        return StepOutput(row.request_id, token, None)
+
+    def _drop_finished(self) -> None:
+        keep = [index for index, row in enumerate(self._running) if not row.done]
+        if len(keep) == len(self._running):
+            return
+        self._running = [self._running[index] for index in keep]
+        if self._batch is not None:
+            if keep:
+                self._batch.keep(keep)
+            else:
+                self._batch = None

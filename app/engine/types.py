@@ -1,0 +1,45 @@
+"""What flows between the API and the engine: sampling parameters in, token events out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"  # end-of-sequence token or a stop string
+    LENGTH = "length"  # max_tokens reached
+    CANCELLED = "cancelled"  # the client went away; never shown to a client
+    ERROR = "error"  # the engine failed; the API turns it into an error response
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """New text for one request. `finish_reason` is set on the last event of a request, which may carry text too."""
+
+    text: str
+    completion_tokens: int
+    finish_reason: FinishReason | None = None
+    error: str | None = None
+
+
+class QueueFullError(Exception):
+    """The waiting queue is at --max-queue: the caller should answer 429 and ask the client to retry."""
+
+
+class EngineDeadError(Exception):
+    """The engine thread has stopped after a failure; the process should be restarted."""

@@ -1,0 +1,1 @@
+"""Model sources: the built-in tiny model and loading any checkpoint through `from_pretrained`."""

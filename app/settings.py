@@ -1,0 +1,223 @@
+"""Server settings: every setting is a command-line flag and an environment variable.
+
+Precedence: flag, then environment variable, then default. Every value is validated here, once, at the edge;
+a bad value ends the process with one line naming the flag, the variable and the fix (exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+DTYPES = ("auto", "bfloat16", "float16", "float32", "fp8")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class SettingsError(ValueError):
+    """A setting has a value the server cannot use; the message names it and says what is expected."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    model: str | None = None  # None: the built-in tiny DeepSeek-shaped model
+    served_model_name: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    # 32 concurrent requests are served without refusing any: all 32 decode together, more wait in the queue.
+    max_batch_size: int = 32
+    max_queue: int = 256
+    max_model_len: int = 4096
+    api_keys: tuple[str, ...] = ()
+    # Fits a pod's default 30 s grace period together with a short preStop pause.
+    drain_timeout: float = 25.0
+    max_body_bytes: int = 4 * 1024 * 1024
+    log_level: str = "info"
+
+    @property
+    def model_name(self) -> str:
+        """The name clients put in `model`: the served name, else the model source, else the built-in's name."""
+        from app.model.builtin import BUILTIN_MODEL_NAME
+
+        return self.served_model_name or self.model or BUILTIN_MODEL_NAME
+
+
+@dataclass(frozen=True)
+class _Option:
+    field: str
+    flag: str
+    env: str
+    help: str
+    parse: Callable[[str], Any]
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise SettingsError(f"expected a whole number >= {minimum}, got {raw!r}") from None
+        if value < minimum:
+            raise SettingsError(f"expected a whole number >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _port(raw: str) -> int:
+    value = _int_at_least(1)(raw)
+    if value > 65535:
+        raise SettingsError(f"expected a port between 1 and 65535, got {value}")
+    return value
+
+
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise SettingsError(f"expected a number of seconds >= 0, got {raw!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise SettingsError(f"expected a number of seconds >= 0, got {raw!r}")
+    return value
+
+
+def _choice(choices: Sequence[str]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise SettingsError(f"expected one of {', '.join(choices)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _non_empty(raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise SettingsError("expected a non-empty value")
+    return value
+
+
+def _keys(raw: str) -> tuple[str, ...]:
+    keys = tuple(key.strip() for key in raw.split(",") if key.strip())
+    if not keys:
+        raise SettingsError("expected one or more comma-separated keys, got none")
+    return keys
+
+
+OPTIONS: tuple[_Option, ...] = (
+    _Option("host", "--host", "SERVER_HOST", "address to listen on (default 0.0.0.0)", _non_empty),
+    _Option("port", "--port", "SERVER_PORT", "port to listen on (default 8080)", _port),
+    _Option(
+        "model",
+        "--model",
+        "MODEL",
+        "Hugging Face model id or local directory (default: the built-in tiny DeepSeek-R1-Distill-Qwen-shaped model)",
+        _non_empty,
+    ),
+    _Option(
+        "served_model_name",
+        "--served-model-name",
+        "SERVED_MODEL_NAME",
+        "name clients use in `model` (default: the --model value)",
+        _non_empty,
+    ),
+    _Option("dtype", "--dtype", "DTYPE", f"weights dtype: {', '.join(DTYPES)} (default auto)", _choice(DTYPES)),
+    _Option(
+        "device", "--device", "DEVICE", f"{', '.join(DEVICES)} (default auto: cuda when present)", _choice(DEVICES)
+    ),
+    _Option(
+        "max_batch_size",
+        "--max-batch-size",
+        "MAX_BATCH_SIZE",
+        "sequences decoded together (default 32)",
+        _int_at_least(1),
+    ),
+    _Option(
+        "max_queue", "--max-queue", "MAX_QUEUE", "waiting requests before answering 429 (default 256)", _int_at_least(0)
+    ),
+    _Option(
+        "max_model_len",
+        "--max-model-len",
+        "MAX_MODEL_LEN",
+        "prompt + completion tokens per request (default 4096)",
+        _int_at_least(2),
+    ),
+    _Option("api_keys", "--api-key", "API_KEYS", "comma-separated API keys; unset: no authentication", _keys),
+    _Option(
+        "drain_timeout",
+        "--drain-timeout",
+        "DRAIN_TIMEOUT",
+        "seconds in-flight requests may take to finish after SIGTERM (default 25)",
+        _seconds,
+    ),
+    _Option(
+        "max_body_bytes",
+        "--max-body-bytes",
+        "MAX_BODY_BYTES",
+        "largest request body accepted (default 4194304)",
+        _int_at_least(1024),
+    ),
+    _Option(
+        "log_level",
+        "--log-level",
+        "LOG_LEVEL",
+        "debug, info, warning, error (default info)",
+        _choice(("debug", "info", "warning", "error")),
+    ),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m app",
+        description="OpenAI-compatible inference server for DeepSeek models. "
+        "Each flag can also be set by the environment variable shown; a flag wins over its variable.",
+    )
+    for option in OPTIONS:
+        parser.add_argument(option.flag, dest=option.field, default=None, help=f"{option.help} [env {option.env}]")
+    return parser
+
+
+def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read flags and environment variables into validated Settings; raise SettingsError naming the bad one."""
+    environ = os.environ if environ is None else environ
+    args = build_parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        raw = getattr(args, option.field)
+        source = option.flag
+        if raw is None:
+            raw = environ.get(option.env)
+            source = option.env
+            if raw is not None and not raw.strip():
+                continue  # an empty variable means "not set", as shells and Kubernetes often leave them
+        if raw is None:
+            continue
+        try:
+            values[option.field] = option.parse(raw)
+        except SettingsError as error:
+            raise SettingsError(f"invalid {source} ({option.flag} / {option.env}): {error}") from None
+    settings = Settings(**values)
+    _check_consistency(settings)
+    return settings
+
+
+def _check_consistency(settings: Settings) -> None:
+    if settings.dtype == "fp8" and settings.device == "cpu":
+        raise SettingsError("--dtype fp8 needs a CUDA GPU: use --dtype auto (or bfloat16/float32) with --device cpu")
+
+
+def describe() -> str:
+    """A Markdown table of every setting, for the README."""
+    defaults = {f.name: f.default for f in fields(Settings)}
+    rows = ["| flag | environment variable | default | meaning |", "| --- | --- | --- | --- |"]
+    for option in OPTIONS:
+        default = defaults[option.field]
+        shown = "unset" if default in (None, ()) else str(default)
+        rows.append(f"| `{option.flag}` | `{option.env}` | {shown} | {option.help} |")
+    return "\n".join(rows)

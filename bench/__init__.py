@@ -1,0 +1,1 @@
+"""Benchmark and load test for the inference server: `python -m bench --help`."""

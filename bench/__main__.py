@@ -1,0 +1,185 @@
+"""Benchmark the server on the built-in model, or load-test any running endpoint.
+
+    python -m bench                                   # starts a local server on the built-in model, measures it
+    python -m bench --base-url http://LB:80 --api-key KEY --model NAME   # measures a deployed endpoint
+    python -m bench --gpu-suite                       # on a CUDA machine: the 7B-shape figures
+
+Printed in one run: throughput of N concurrent streams x M new tokens (EOS ignored) against the same N requests
+sent one after another (the ratio is what continuous batching buys), p50/p99 time to first token under
+concurrency, and p99 concurrent TTFT divided by a lone request's TTFT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import httpx
+
+from bench.client import Connection, Result
+
+PROMPT = "Explain, step by step, how continuous batching raises the throughput of an inference server."
+
+
+@dataclass
+class Report:
+    endpoint: str
+    concurrency: int
+    max_tokens: int
+    sequential_tokens_per_s: float
+    concurrent_tokens_per_s: float
+    throughput_ratio: float
+    lone_ttft_ms: float
+    ttft_p50_ms: float
+    ttft_p99_ms: float
+    ttft_ratio: float
+    failed: int
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def local_server(extra_args: list[str], ready_timeout: float = 600) -> Iterator[str]:
+    port = free_port()
+    command = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), *extra_args]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise SystemExit(
+                    f"the server exited while starting:\n{process.stderr.read() if process.stderr else ''}"
+                )
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        else:
+            raise SystemExit("the server did not become ready in time")
+        yield base
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+async def measure(base_url: str, api_key: str | None, model: str | None, concurrency: int, max_tokens: int) -> Report:
+    connections = [Connection(base_url, api_key) for _ in range(concurrency)]
+    first = connections[0]
+    try:
+        if model is None:
+            listing = await first.get_json("/v1/models")
+            assert isinstance(listing, dict)
+            model = str(listing["data"][0]["id"])
+        # Open every connection first, as a load balancer keeps them open, so the concurrent figures measure
+        # the server rather than 32 TCP handshakes at once; this also warms the server up.
+        await asyncio.gather(*(c.chat_stream(model, PROMPT, 1) for c in connections))
+        lone = [await first.chat_stream(model, PROMPT, 8) for _ in range(5)]
+        lone_ttft = statistics.median(r.ttft for r in lone)
+
+        started = time.perf_counter()
+        sequential: list[Result] = [await first.chat_stream(model, PROMPT, max_tokens) for _ in range(concurrency)]
+        sequential_time = time.perf_counter() - started
+
+        started = time.perf_counter()
+        concurrent = await asyncio.gather(*(c.chat_stream(model, PROMPT, max_tokens) for c in connections))
+        concurrent_time = time.perf_counter() - started
+    finally:
+        await asyncio.gather(*(c.close() for c in connections))
+
+    ok = [r for r in concurrent if r.status == 200]
+    failed = len(concurrent) - len(ok) + sum(r.status != 200 for r in sequential)
+    ttfts = [r.ttft for r in ok] or [0.0]
+    sequential_rate = sum(r.completion_tokens for r in sequential) / sequential_time
+    concurrent_rate = sum(r.completion_tokens for r in ok) / concurrent_time
+    p99 = percentile(ttfts, 99)
+    return Report(
+        endpoint=base_url,
+        concurrency=concurrency,
+        max_tokens=max_tokens,
+        sequential_tokens_per_s=round(sequential_rate, 1),
+        concurrent_tokens_per_s=round(concurrent_rate, 1),
+        throughput_ratio=round(concurrent_rate / sequential_rate, 2) if sequential_rate else 0.0,
+        lone_ttft_ms=round(lone_ttft * 1000, 1),
+        ttft_p50_ms=round(percentile(ttfts, 50) * 1000, 1),
+        ttft_p99_ms=round(p99 * 1000, 1),
+        ttft_ratio=round(p99 / lone_ttft, 2) if lone_ttft else 0.0,
+        failed=failed,
+    )
+
+
+def print_report(report: Report) -> None:
+    print(f"endpoint            {report.endpoint}")
+    print(f"requests            {report.concurrency} x {report.max_tokens} new tokens (EOS ignored, temperature 0)")
+    print(f"sequential          {report.sequential_tokens_per_s:10.1f} tokens/s")
+    print(f"concurrent          {report.concurrent_tokens_per_s:10.1f} tokens/s")
+    print(f"throughput ratio    {report.throughput_ratio:10.2f} x")
+    print(f"lone TTFT           {report.lone_ttft_ms:10.1f} ms (median of 5)")
+    print(
+        f"TTFT p50 / p99      {report.ttft_p50_ms:10.1f} / {report.ttft_p99_ms:.1f} ms"
+        f" at {report.concurrency} concurrent"
+    )
+    print(f"TTFT ratio          {report.ttft_ratio:10.2f} x (p99 concurrent / lone)")
+    print(f"failed requests     {report.failed:10d}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--base-url", help="measure this running endpoint instead of starting a local server")
+    parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="bearer key (env OPENAI_API_KEY)")
+    parser.add_argument("--model", help="model name (default: the first one /v1/models lists)")
+    parser.add_argument("--concurrency", type=int, default=32, help="concurrent streams (default 32)")
+    parser.add_argument("--max-tokens", type=int, default=64, help="new tokens per request (default 64)")
+    parser.add_argument("--server-arg", action="append", default=[], help="extra flag for the local server")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--gpu-suite", action="store_true", help="run the CUDA 7B-shape suite (bench/gpu.py)")
+    args = parser.parse_args(argv)
+    if args.concurrency < 1 or args.max_tokens < 1:
+        parser.error("--concurrency and --max-tokens must be at least 1")
+    if args.gpu_suite:
+        from bench.gpu import run_gpu_suite
+
+        return run_gpu_suite(args.json)
+
+    if args.base_url:
+        report = asyncio.run(measure(args.base_url, args.api_key, args.model, args.concurrency, args.max_tokens))
+    else:
+        with local_server(args.server_arg) as base:
+            report = asyncio.run(measure(base, None, None, args.concurrency, args.max_tokens))
+    print_report(report)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(asdict(report), handle, indent=2)
+    return 0 if report.failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
