@@ -80,6 +80,7 @@ ARRIVAL_CAP_S = 0.025
 
 
 def _serve(loop: BatchLoop, inbox: Connection, outbox: Connection) -> None:
+    reported = (0, 0)
     while True:
         # Block while there is nothing to do; otherwise take whatever arrived and step at once.
         was_idle = loop.idle
@@ -100,7 +101,9 @@ def _serve(loop: BatchLoop, inbox: Connection, outbox: Connection) -> None:
                 deadline = deadline or now + ARRIVAL_CAP_S
                 timeout = max(0.0, min(ARRIVAL_WINDOW_S, deadline - now))
         outputs = loop.step()
-        if outputs:
+        counts = (loop.waiting, loop.running)
+        if outputs or counts != reported:  # a cancelled request changes the counts without producing a token
+            reported = counts
             stats = loop.last
             outbox.send(
                 (
@@ -111,5 +114,5 @@ def _serve(loop: BatchLoop, inbox: Connection, outbox: Connection) -> None:
                     stats.rows,
                 )
             )
-            if logger.isEnabledFor(logging.DEBUG):
+            if outputs and logger.isEnabledFor(logging.DEBUG):
                 logger.debug(stats.kind, extra={"rows": stats.rows, "ms": round(stats.seconds * 1000, 2)})

@@ -1,0 +1,403 @@
+"""The server as a user meets it: a real `python -m app` process called with the official openai client."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.app.live_server import MODEL, LiveServer, running, start, stop, wait_ready
+
+pytestmark = pytest.mark.slow
+
+
+def client(server: LiveServer, key: str = "unused") -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def chat(server: LiveServer, **body: object) -> httpx.Response:
+    payload = {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4, **body}
+    return httpx.post(f"{server.base_url}/v1/chat/completions", json=payload, timeout=60)
+
+
+# ----- the OpenAI API through the official client -----
+
+
+def test_models_lists_the_served_model(server: LiveServer) -> None:
+    models = client(server).models.list()
+    assert [m.id for m in models.data] == [MODEL]
+
+
+def test_chat_completion_returns_text_and_usage(server: LiveServer) -> None:
+    response = client(server).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Say hello"}], max_tokens=8, temperature=0
+    )
+    choice = response.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.message.content
+    assert choice.finish_reason in ("length", "stop")
+    assert response.usage is not None
+    assert response.usage.prompt_tokens > 0
+    assert 1 <= response.usage.completion_tokens <= 8
+    assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
+
+
+def test_temperature_zero_twice_gives_identical_text(server: LiveServer) -> None:
+    api = client(server)
+    texts = {
+        api.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Repeat after me"}], max_tokens=16, temperature=0
+        )
+        .choices[0]
+        .message.content
+        for _ in range(2)
+    }
+    assert len(texts) == 1
+
+
+def test_same_seed_gives_identical_samples(server: LiveServer) -> None:
+    api = client(server)
+
+    def sample(seed: int) -> str | None:
+        return (
+            api.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "Surprise me"}],
+                max_tokens=16,
+                temperature=1.0,
+                top_p=0.9,
+                seed=seed,
+            )
+            .choices[0]
+            .message.content
+        )
+
+    assert sample(7) == sample(7)
+    assert sample(7) != sample(8)
+
+
+def test_streamed_chat_matches_the_whole_answer_and_reports_usage(server: LiveServer) -> None:
+    api = client(server)
+    messages = [{"role": "user", "content": "Stream this"}]
+    whole = api.chat.completions.create(model=MODEL, messages=messages, max_tokens=12, temperature=0)  # type: ignore[arg-type]
+    chunks = list(
+        api.chat.completions.create(
+            model=MODEL,
+            messages=messages,  # type: ignore[arg-type]
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 12
+
+
+def test_stream_ends_with_done_sentinel(server: LiveServer) -> None:
+    payload = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 3, "stream": True}
+    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=payload, timeout=60) as response:
+        lines = [line for line in response.iter_lines() if line]
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert all(line.startswith("data: ") for line in lines)
+    assert lines[-1] == "data: [DONE]"
+    assert json.loads(lines[0][6:])["object"] == "chat.completion.chunk"
+
+
+def test_completions_plain_and_streamed(server: LiveServer) -> None:
+    api = client(server)
+    whole = api.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=10, temperature=0)
+    assert whole.choices[0].text
+    assert whole.usage is not None
+    assert whole.usage.completion_tokens == 10
+    streamed = api.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=10, temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == whole.choices[0].text
+
+
+def test_stop_string_ends_the_answer_before_it(server: LiveServer) -> None:
+    api = client(server)
+    full = api.completions.create(model=MODEL, prompt="The stop test", max_tokens=24, temperature=0).choices[0].text
+    stop = full[6:9]
+    assert stop.strip(), f"pick a visible stop string from {full!r}"
+    cut = api.completions.create(model=MODEL, prompt="The stop test", max_tokens=24, temperature=0, stop=[stop])
+    assert cut.choices[0].text == full[: full.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+    streamed = api.completions.create(
+        model=MODEL, prompt="The stop test", max_tokens=24, temperature=0, stop=[stop], stream=True
+    )
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == full[: full.index(stop)]
+
+
+def test_thinking_output_arrives_as_reasoning_content(server: LiveServer) -> None:
+    # With thinking on, DeepSeek's template opens <think> in the prompt: until the model closes it, all text is
+    # reasoning. The built-in model's random weights never close it, so everything lands in reasoning_content.
+    body = {"chat_template_kwargs": {"thinking": True}, "temperature": 0, "max_tokens": 8}
+    whole = chat(server, **body).json()["choices"][0]["message"]
+    assert whole["reasoning_content"]
+    assert whole["content"] == ""
+    api = client(server)
+    chunks = api.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Hello"}],
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+        extra_body={"chat_template_kwargs": {"thinking": True}},
+    )
+    reasoning = "".join(getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks if c.choices)
+    assert reasoning == whole["reasoning_content"]
+
+
+# ----- every kind of bad request is a 400 in OpenAI's error shape -----
+
+BAD_REQUESTS: list[tuple[str, object, str]] = [
+    ("not json", b"{bad", "not valid JSON"),
+    ("not an object", [1, 2], "must be a JSON object"),
+    ("missing messages", {"model": MODEL}, "messages"),
+    (
+        "wrong type",
+        {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": "many"},
+        "max_tokens",
+    ),
+    (
+        "max_tokens zero",
+        {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 0},
+        "max_tokens",
+    ),
+    ("bad role", {"model": MODEL, "messages": [{"role": "robot", "content": "x"}]}, "role"),
+    ("unknown model", {"model": "gpt-7", "messages": [{"role": "user", "content": "x"}]}, "gpt-7"),
+    ("n=2", {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "n": 2}, "n=2"),
+    (
+        "temperature 3",
+        {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "temperature": 3},
+        "temperature",
+    ),
+    (
+        "over max-model-len",
+        {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 5000},
+        "max-model-len",
+    ),
+    ("empty messages", {"model": MODEL, "messages": []}, "messages"),
+    (
+        "five stop strings",
+        {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "stop": list("abcde")},
+        "stop",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "mentions"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
+def test_bad_chat_requests_get_400_naming_the_problem(
+    server: LiveServer, case: str, body: object, mentions: str
+) -> None:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = httpx.post(
+        f"{server.base_url}/v1/chat/completions",
+        content=content,
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error"
+    assert mentions in error["message"]
+
+
+def test_prompt_longer_than_max_model_len_is_refused_not_clamped(server: LiveServer) -> None:
+    response = httpx.post(
+        f"{server.base_url}/v1/completions",
+        json={"model": MODEL, "prompt": "word " * 5000, "max_tokens": 1},
+        timeout=30,
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_oversized_body_is_refused(server: LiveServer) -> None:
+    body = json.dumps({"model": MODEL, "prompt": "x" * (5 * 1024 * 1024)})
+    response = httpx.post(f"{server.base_url}/v1/completions", content=body, timeout=30)
+    assert response.status_code == 400
+    assert "larger than" in response.json()["error"]["message"]
+
+
+def test_client_errors_through_the_openai_client(server: LiveServer) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(server).chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    assert caught.value.status_code == 400
+
+
+def test_unknown_route_and_method_use_the_error_shape(server: LiveServer) -> None:
+    assert httpx.get(f"{server.base_url}/v2/nothing").json()["error"]["code"] == "not_found"
+    assert httpx.delete(f"{server.base_url}/v1/models").status_code == 405
+
+
+# ----- operations: health, readiness, metrics, logs -----
+
+
+def test_health_ready_and_metrics(server: LiveServer) -> None:
+    assert httpx.get(f"{server.base_url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{server.base_url}/readyz").json() == {"status": "ready"}
+    chat(server)
+    text = httpx.get(f"{server.base_url}/metrics").text
+    for name in (
+        "deepseek_num_requests_waiting",
+        "deepseek_num_requests_running",
+        "deepseek_batch_size",
+        "deepseek_requests_total",
+        "deepseek_e2e_request_latency_seconds_bucket",
+        "deepseek_time_to_first_token_seconds_bucket",
+        "deepseek_inter_token_latency_seconds_bucket",
+        "deepseek_prompt_tokens_total",
+        "deepseek_generation_tokens_total",
+    ):
+        assert f"{name}{{" in text, name
+    assert server.metric("deepseek_prompt_tokens_total") > 0
+    assert 'endpoint="/v1/chat/completions"' in text
+
+
+def test_one_json_log_line_per_request(server: LiveServer) -> None:
+    chat(server, max_tokens=3)
+    time.sleep(0.2)
+    lines = [json.loads(line) for line in server.logs().splitlines() if line.startswith("{")]
+    requests = [r for r in lines if r.get("event") == "request" and r.get("path") == "/v1/chat/completions"]
+    assert requests
+    last = requests[-1]
+    assert last["status"] == 200
+    assert last["completion_tokens"] == 3
+    assert last["prompt_tokens"] > 0
+    assert last["latency_ms"] > 0
+
+
+# ----- cancellation: a client that goes away frees its slot -----
+
+
+def test_disconnected_stream_is_cancelled(server: LiveServer) -> None:
+    payload = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "long"}],
+        "max_tokens": 3000,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=payload, timeout=60) as response:
+        lines = response.iter_lines()
+        next(lines)
+        next(lines)
+        assert server.metric("deepseek_num_requests_running") == 1
+    server.wait_for_metric("deepseek_num_requests_running", 0, timeout=5)
+
+
+def test_disconnected_plain_request_is_cancelled(server: LiveServer) -> None:
+    body = json.dumps(
+        {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 3000, "ignore_eos": True}
+    ).encode()
+    host, port = server.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as raw:
+        raw.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        server.wait_for_metric("deepseek_num_requests_running", 1, timeout=5)
+    server.wait_for_metric("deepseek_num_requests_running", 0, timeout=5)
+
+
+# ----- servers started with other settings -----
+
+
+def test_api_keys_guard_v1_but_not_operations(model_cache: Path, tmp_path: Path) -> None:
+    with running([], model_cache, tmp_path / "log", env={"API_KEYS": "key-one, key-two"}) as server:
+        with pytest.raises(openai.AuthenticationError):
+            client(server, key="wrong").models.list()
+        missing = httpx.get(f"{server.base_url}/v1/models")
+        assert missing.status_code == 401
+        assert missing.json()["error"]["code"] == "invalid_api_key"
+        assert [m.id for m in client(server, key="key-two").models.list().data] == [MODEL]
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert httpx.get(f"{server.base_url}{path}").status_code == 200
+
+
+def test_full_queue_answers_429_with_retry_after(model_cache: Path, tmp_path: Path) -> None:
+    args = ["--max-batch-size", "1", "--max-queue", "1"]
+    with running(args, model_cache, tmp_path / "log") as server:
+        long = {"max_tokens": 3000, "ignore_eos": True, "stream": True}
+        streams = []
+        try:
+            for _ in range(2):  # one running, one waiting
+                context = httpx.stream(
+                    "POST",
+                    f"{server.base_url}/v1/chat/completions",
+                    json={"model": MODEL, "messages": [{"role": "user", "content": "x"}], **long},
+                    timeout=60,
+                )
+                response = context.__enter__()
+                streams.append(context)
+                assert response.status_code == 200
+            refused = chat(server)
+            assert refused.status_code == 429
+            assert refused.headers["retry-after"] == "1"
+            assert refused.json()["error"]["type"] == "rate_limit_error"
+        finally:
+            for context in streams:
+                context.__exit__(None, None, None)
+        server.wait_for_metric("deepseek_num_requests_running", 0, timeout=10)
+        assert chat(server).status_code == 200
+
+
+def test_sigterm_drains_a_stream_in_flight_then_exits_zero(model_cache: Path, tmp_path: Path) -> None:
+    server = start(["--drain-timeout", "20"], model_cache, tmp_path / "log")
+    try:
+        wait_ready(server)
+        payload = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "x"}],
+            "max_tokens": 200,
+            "ignore_eos": True,
+            "stream": True,
+        }
+        received: list[str] = []
+
+        def read_stream() -> None:
+            with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=payload, timeout=60) as response:
+                received.extend(line for line in response.iter_lines() if line)
+
+        reader = threading.Thread(target=read_stream)
+        reader.start()
+        server.wait_for_metric("deepseek_num_requests_running", 1, timeout=10)
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        ready = httpx.get(f"{server.base_url}/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["status"] == "draining"
+        refused = chat(server)
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "draining"
+        reader.join(timeout=60)
+        assert received[-1] == "data: [DONE]"
+        usage_free = [json.loads(line[6:]) for line in received[1:-1]]
+        assert usage_free[-1]["choices"][0]["finish_reason"] == "length"
+        assert server.process.wait(timeout=30) == 0
+    finally:
+        stop(server)
+    assert '"drain_finished"' in server.logs()
+
+
+def test_unloadable_model_exits_1_with_one_line(model_cache: Path, tmp_path: Path) -> None:
+    server = start(["--model", str(tmp_path / "missing")], model_cache, tmp_path / "log")
+    assert server.process.wait(timeout=60) == 1
+    logs = server.logs()
+    assert "no such directory" in logs
+    assert "Traceback" not in logs
