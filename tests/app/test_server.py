@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.app.live_server import MODEL, LiveServer, running, start, stop, wait_ready
 
@@ -85,12 +86,12 @@ def test_same_seed_gives_identical_samples(server: LiveServer) -> None:
 
 def test_streamed_chat_matches_the_whole_answer_and_reports_usage(server: LiveServer) -> None:
     api = client(server)
-    messages = [{"role": "user", "content": "Stream this"}]
-    whole = api.chat.completions.create(model=MODEL, messages=messages, max_tokens=12, temperature=0)  # type: ignore[arg-type]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Stream this"}]
+    whole = api.chat.completions.create(model=MODEL, messages=messages, max_tokens=12, temperature=0)
     chunks = list(
         api.chat.completions.create(
             model=MODEL,
-            messages=messages,  # type: ignore[arg-type]
+            messages=messages,
             max_tokens=12,
             temperature=0,
             stream=True,
