@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -212,12 +213,16 @@ def _check_consistency(settings: Settings) -> None:
         raise SettingsError("--dtype fp8 needs a CUDA GPU: use --dtype auto (or bfloat16/float32) with --device cpu")
 
 
+UNSET_MEANS = {"model": "the built-in model", "served_model_name": "the model value", "api_keys": "no keys"}
+
+
 def describe() -> str:
     """A Markdown table of every setting, for the README."""
     defaults = {f.name: f.default for f in fields(Settings)}
     rows = ["| flag | environment variable | default | meaning |", "| --- | --- | --- | --- |"]
     for option in OPTIONS:
         default = defaults[option.field]
-        shown = "unset" if default in (None, ()) else str(default)
-        rows.append(f"| `{option.flag}` | `{option.env}` | {shown} | {option.help} |")
+        shown = UNSET_MEANS.get(option.field, "unset") if default in (None, ()) else str(default)
+        meaning = re.sub(r" ?\(default [^):]*\)", "", option.help)  # the default has its own column
+        rows.append(f"| `{option.flag}` | `{option.env}` | {shown} | {meaning} |")
     return "\n".join(rows)
