@@ -20,10 +20,13 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -45,6 +48,7 @@ class Report:
     ttft_p99_ms: float
     ttft_ratio: float
     failed: int
+    server_resident_mib: float | None = None  # after the run, HTTP and engine processes together (local only)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -59,34 +63,60 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def resident_mib(pid: int) -> float:
+    """Resident memory of a process and all its descendants (the engine process), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    total_kib, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        pending.extend(children.get(current, []))
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+        except OSError:
+            continue
+        total_kib += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    return total_kib / 1024
+
+
 @contextmanager
-def local_server(extra_args: list[str], ready_timeout: float = 600) -> Iterator[str]:
+def local_server(extra_args: list[str], ready_timeout: float = 600) -> Iterator[tuple[str, int]]:
+    """A server on the built-in model (or extra_args), its logs in a temporary file; yields (base URL, pid)."""
     port = free_port()
     command = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), *extra_args]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + ready_timeout
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise SystemExit(
-                    f"the server exited while starting:\n{process.stderr.read() if process.stderr else ''}"
-                )
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        else:
-            raise SystemExit("the server did not become ready in time")
-        yield base
-    finally:
-        process.send_signal(signal.SIGTERM)
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
         try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
+            _wait_ready(process, base, log, ready_timeout)
+            yield base, process.pid
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _wait_ready(process: subprocess.Popen[bytes], base: str, log: IO[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log.seek(0)
+            raise SystemExit(f"the server exited while starting:\n{log.read().decode(errors='replace')}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise SystemExit("the server did not become ready in time")
 
 
 async def measure(base_url: str, api_key: str | None, model: str | None, concurrency: int, max_tokens: int) -> Report:
@@ -147,6 +177,8 @@ def print_report(report: Report) -> None:
     )
     print(f"TTFT ratio          {report.ttft_ratio:10.2f} x (p99 concurrent / lone)")
     print(f"failed requests     {report.failed:10d}")
+    if report.server_resident_mib is not None:
+        print(f"server memory       {report.server_resident_mib:10.0f} MiB resident after the run")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.base_url:
         report = asyncio.run(measure(args.base_url, args.api_key, args.model, args.concurrency, args.max_tokens))
     else:
-        with local_server(args.server_arg) as base:
+        with local_server(args.server_arg) as (base, pid):
             report = asyncio.run(measure(base, None, None, args.concurrency, args.max_tokens))
+            report.server_resident_mib = round(resident_mib(pid), 1)
     print_report(report)
     if args.json:
         with open(args.json, "w") as handle:

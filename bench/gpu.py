@@ -93,7 +93,7 @@ def run_gpu_suite(json_path: str | None) -> int:
     parameters, size = weight_bytes(SHAPE)
     roofline = bandwidth_for(device) / size
     server_args = ["--model", f"builtin:{SHAPE}", "--max-batch-size", "64", "--max-model-len", "4096"]
-    with local_server(server_args, ready_timeout=900) as base:
+    with local_server(server_args, ready_timeout=900) as (base, _pid):
         report = asyncio.run(_measure(base, parameters, roofline, device))
     for key, value in asdict(report).items():
         print(f"{key:32s} {value}")
