@@ -176,7 +176,7 @@ class InferenceService(pulumi.ComponentResource):
     ) -> k8s.core.v1.Service:
         service = config.service
         annotations = {
-            # An NLB from the cloud provider (see docs/deploying-kubernetes.md for why not the LB Controller).
+            # An NLB from the cloud provider (see the README's Kubernetes layer for why not the LB Controller).
             "service.beta.kubernetes.io/aws-load-balancer-type": "nlb",
             "service.beta.kubernetes.io/aws-load-balancer-cross-zone-load-balancing-enabled": "true",
         }
