@@ -1,0 +1,198 @@
+"""Request bodies (app/api/schemas.py): what the server cannot honour is refused, naming the field, never ignored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from app.api.schemas import MAX_STOP_STRINGS, ChatCompletionRequest, CompletionRequest
+from app.engine.types import SamplingParams
+
+MESSAGES = [{"role": "user", "content": "Hello"}]
+
+
+def chat(**fields: Any) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate({"model": "m", "messages": MESSAGES, **fields})
+
+
+def completion(**fields: Any) -> CompletionRequest:
+    return CompletionRequest.model_validate({"model": "m", "prompt": "Hello", **fields})
+
+
+def refusal(build: Any, **fields: Any) -> str:
+    with pytest.raises(ValidationError) as raised:
+        build(**fields)
+    return str(raised.value)
+
+
+# --- unsupported fields ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("n", 2),
+        ("logprobs", True),
+        ("top_logprobs", 3),
+        ("tools", [{"type": "function", "function": {"name": "get_weather"}}]),
+        ("tool_choice", "auto"),
+        ("functions", [{"name": "f"}]),
+        ("presence_penalty", 0.5),
+        ("frequency_penalty", -1.0),
+        ("logit_bias", {"50256": -100}),
+        ("best_of", 3),
+        ("response_format", {"type": "json_object"}),
+    ],
+)
+def test_unsupported_chat_field_is_refused_naming_it(field: str, value: Any) -> None:
+    message = refusal(chat, **{field: value})
+
+    assert f"{field}=" in message
+    assert "not supported" in message
+
+
+@pytest.mark.parametrize(("field", "value"), [("echo", True), ("suffix", "tail"), ("logprobs", 5)])
+def test_unsupported_completion_field_is_refused_naming_it(field: str, value: Any) -> None:
+    assert f"{field}=" in refusal(completion, **{field: value})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("n", 1),
+        ("best_of", 1),
+        ("frequency_penalty", 0),
+        ("presence_penalty", 0.0),
+        ("logprobs", False),
+        ("top_logprobs", 0),
+        ("logit_bias", {}),
+        ("tools", []),
+        ("tool_choice", "none"),
+        ("response_format", {"type": "text"}),
+        ("n", None),
+    ],
+)
+def test_no_op_values_of_unsupported_fields_are_accepted(field: str, value: Any) -> None:
+    assert chat(**{field: value}).model == "m"
+
+
+def test_unknown_fields_are_ignored() -> None:
+    assert chat(metadata={"team": "a"}, store=False).model == "m"
+
+
+# --- stop strings ------------------------------------------------------------------------------------------------
+
+
+def test_stop_accepts_one_string_or_up_to_four() -> None:
+    assert chat(stop="END").stop_strings == ("END",)
+    assert chat(stop=["a", "b", "c", "d"]).stop_strings == ("a", "b", "c", "d")
+    assert chat().stop_strings == ()
+
+
+def test_more_than_four_stop_strings_are_refused() -> None:
+    assert MAX_STOP_STRINGS == 4
+
+    assert "stop" in refusal(chat, stop=["a", "b", "c", "d", "e"])
+
+
+@pytest.mark.parametrize("stop", ["", ["ok", ""]])
+def test_an_empty_stop_string_is_refused(stop: str | list[str]) -> None:
+    assert "stop strings must not be empty" in refusal(chat, stop=stop)
+
+
+# --- lengths and ranges ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+@pytest.mark.parametrize("value", [0, -5])
+def test_max_tokens_below_one_is_refused(field: str, value: int) -> None:
+    assert field in refusal(chat, **{field: value})
+
+
+def test_max_tokens_below_one_is_refused_for_completions() -> None:
+    assert "max_tokens" in refusal(completion, max_tokens=0)
+
+
+def test_max_completion_tokens_wins_over_max_tokens() -> None:
+    assert chat(max_tokens=10, max_completion_tokens=20).requested_max_tokens == 20
+    assert chat(max_tokens=10).requested_max_tokens == 10
+    assert chat().requested_max_tokens is None
+    assert completion(max_tokens=7).requested_max_tokens == 7
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("temperature", -0.1), ("temperature", 2.5), ("top_p", 0), ("top_p", 1.5)]
+)
+def test_sampling_values_out_of_range_are_refused(field: str, value: float) -> None:
+    assert field in refusal(chat, **{field: value})
+
+
+def test_messages_must_not_be_empty() -> None:
+    assert "messages" in refusal(ChatCompletionRequest.model_validate, obj={"model": "m", "messages": []})
+
+
+def test_an_unknown_role_is_refused() -> None:
+    assert "role" in refusal(chat, messages=[{"role": "tool", "content": "42"}])
+
+
+def test_message_content_parts_are_joined_into_text() -> None:
+    request = chat(
+        messages=[{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]
+    )
+
+    assert request.messages[0].text() == "ab"
+
+
+@pytest.mark.parametrize("prompt", ["Hello", ["Hello"], [1, 2, 3]])
+def test_completion_prompt_forms(prompt: str | list[str] | list[int]) -> None:
+    assert completion(prompt=prompt).prompt == prompt
+
+
+@pytest.mark.parametrize("prompt", [["one", "two"], []])
+def test_completion_prompt_batches_and_empty_lists_are_refused(prompt: list[str]) -> None:
+    assert "prompt" in refusal(completion, prompt=prompt)
+
+
+# --- streaming ---------------------------------------------------------------------------------------------------
+
+
+def test_stream_options_without_stream_are_refused() -> None:
+    assert "stream_options is only allowed when stream is true" in refusal(chat, stream_options={"include_usage": True})
+
+
+def test_stream_options_with_stream_set_include_usage() -> None:
+    assert chat(stream=True, stream_options={"include_usage": True}).include_usage
+    assert not chat(stream=True, stream_options={"include_usage": False}).include_usage
+    assert not chat(stream=True).include_usage
+
+
+def test_unknown_stream_option_is_refused() -> None:
+    assert "continuous_usage_stats" in refusal(chat, stream=True, stream_options={"continuous_usage_stats": True})
+
+
+# --- to the engine -----------------------------------------------------------------------------------------------
+
+
+def test_sampling_maps_every_field() -> None:
+    request = chat(temperature=0.7, top_p=0.9, seed=123, stop=["\n\n", "END"], ignore_eos=True)
+
+    assert request.sampling(64) == SamplingParams(
+        max_tokens=64, temperature=0.7, top_p=0.9, seed=123, stop=("\n\n", "END"), ignore_eos=True
+    )
+
+
+def test_sampling_defaults() -> None:
+    assert completion().sampling(16) == SamplingParams(
+        max_tokens=16, temperature=1.0, top_p=1.0, seed=None, stop=(), ignore_eos=False
+    )
+
+
+def test_temperature_zero_is_greedy() -> None:
+    assert chat(temperature=0).sampling(8).greedy
+    assert not chat(temperature=0.01).sampling(8).greedy
+
+
+def test_a_single_stop_string_becomes_a_one_element_tuple() -> None:
+    assert completion(stop="###").sampling(8).stop == ("###",)
