@@ -164,21 +164,34 @@ async def measure(base_url: str, api_key: str | None, model: str | None, concurr
     )
 
 
-def print_report(report: Report) -> None:
-    print(f"endpoint            {report.endpoint}")
-    print(f"requests            {report.concurrency} x {report.max_tokens} new tokens (EOS ignored, temperature 0)")
-    print(f"sequential          {report.sequential_tokens_per_s:10.1f} tokens/s")
-    print(f"concurrent          {report.concurrent_tokens_per_s:10.1f} tokens/s")
-    print(f"throughput ratio    {report.throughput_ratio:10.2f} x")
-    print(f"lone TTFT           {report.lone_ttft_ms:10.1f} ms (median of 5)")
+FIGURES = (
+    ("sequential_tokens_per_s", "sequential tokens/s", "{:.1f}"),
+    ("concurrent_tokens_per_s", "concurrent tokens/s", "{:.1f}"),
+    ("throughput_ratio", "throughput ratio (x)", "{:.2f}"),
+    ("lone_ttft_ms", "lone TTFT (ms)", "{:.1f}"),
+    ("ttft_p50_ms", "TTFT p50 (ms)", "{:.1f}"),
+    ("ttft_p99_ms", "TTFT p99 (ms)", "{:.1f}"),
+    ("ttft_ratio", "TTFT ratio (x, p99 / lone)", "{:.2f}"),
+)
+
+
+def print_reports(reports: list[Report]) -> None:
+    """One column per run and the median: on a small shared machine one run alone is noisy."""
+    first = reports[0]
+    print(f"endpoint: {first.endpoint}")
     print(
-        f"TTFT p50 / p99      {report.ttft_p50_ms:10.1f} / {report.ttft_p99_ms:.1f} ms"
-        f" at {report.concurrency} concurrent"
+        f"{first.concurrency} concurrent streams vs the same {first.concurrency} requests one after another, "
+        f"{first.max_tokens} new tokens each (EOS ignored, temperature 0); lone TTFT: median of 5"
     )
-    print(f"TTFT ratio          {report.ttft_ratio:10.2f} x (p99 concurrent / lone)")
-    print(f"failed requests     {report.failed:10d}")
-    if report.server_resident_mib is not None:
-        print(f"server memory       {report.server_resident_mib:10.0f} MiB resident after the run")
+    runs = "".join(f"{'run ' + str(n + 1):>10s}" for n in range(len(reports)))
+    print(f"{'':28s}{runs}{'median':>10s}")
+    for field, label, style in FIGURES:
+        values = [float(getattr(report, field)) for report in reports]
+        cells = "".join(f"{style.format(value):>10s}" for value in values)
+        print(f"{label:28s}{cells}{style.format(statistics.median(values)):>10s}")
+    print(f"{'failed requests':28s}{''.join(f'{r.failed:>10d}' for r in reports)}")
+    if first.server_resident_mib is not None:
+        print(f"server memory after the runs: {reports[-1].server_resident_mib:.0f} MiB resident (HTTP + engine)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,28 +203,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="model name (default: the first one /v1/models lists)")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent streams (default 32)")
     parser.add_argument("--max-tokens", type=int, default=64, help="new tokens per request (default 64)")
+    parser.add_argument("--runs", type=int, default=3, help="repeat the measurement, report each and the median")
     parser.add_argument("--server-arg", action="append", default=[], help="extra flag for the local server")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--gpu-suite", action="store_true", help="run the CUDA 7B-shape suite (bench/gpu.py)")
     args = parser.parse_args(argv)
-    if args.concurrency < 1 or args.max_tokens < 1:
-        parser.error("--concurrency and --max-tokens must be at least 1")
+    if args.concurrency < 1 or args.max_tokens < 1 or args.runs < 1:
+        parser.error("--concurrency, --max-tokens and --runs must be at least 1")
     if args.gpu_suite:
         from bench.gpu import run_gpu_suite
 
         return run_gpu_suite(args.json)
 
+    def measure_runs(base: str, key: str | None, model: str | None) -> list[Report]:
+        return [asyncio.run(measure(base, key, model, args.concurrency, args.max_tokens)) for _ in range(args.runs)]
+
     if args.base_url:
-        report = asyncio.run(measure(args.base_url, args.api_key, args.model, args.concurrency, args.max_tokens))
+        reports = measure_runs(args.base_url, args.api_key, args.model)
     else:
         with local_server(args.server_arg) as (base, pid):
-            report = asyncio.run(measure(base, None, None, args.concurrency, args.max_tokens))
-            report.server_resident_mib = round(resident_mib(pid), 1)
-    print_report(report)
+            reports = measure_runs(base, None, None)
+            reports[-1].server_resident_mib = round(resident_mib(pid), 1)
+            reports[0].server_resident_mib = reports[-1].server_resident_mib
+    print_reports(reports)
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump(asdict(report), handle, indent=2)
-    return 0 if report.failed == 0 else 1
+            json.dump([asdict(report) for report in reports], handle, indent=2)
+    return 0 if all(report.failed == 0 for report in reports) else 1
 
 
 if __name__ == "__main__":

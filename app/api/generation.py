@@ -66,9 +66,15 @@ def completion_budget(
     return requested
 
 
-def submit(runtime: Runtime, engine: EngineClient, prompt: list[int], params: SamplingParams) -> EngineRequest:
+def submit(
+    runtime: Runtime, engine: EngineClient, request: Request, prompt: list[int], params: SamplingParams
+) -> EngineRequest:
+    # Other generation requests are being parsed right now: a burst is arriving, and the engine may wait for it.
+    more_coming = runtime.arriving > 1
+    if request.scope.get("state", {}).pop("arriving", False):
+        runtime.arriving -= 1
     try:
-        return engine.submit(prompt, params)
+        return engine.submit(prompt, params, more_coming)
     except QueueFullError:
         raise APIError(
             429,

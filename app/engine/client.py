@@ -130,15 +130,18 @@ class EngineClient:
 
     # ----- requests (event loop) -----
 
-    def submit(self, prompt: list[int], params: SamplingParams) -> Request:
-        """Queue a request, or raise QueueFullError when --max-queue requests already wait for a batch slot."""
+    def submit(self, prompt: list[int], params: SamplingParams, more_coming: bool = False) -> Request:
+        """Queue a request, or raise QueueFullError when --max-queue requests already wait for a batch slot.
+
+        `more_coming`: other requests are being parsed right now and will follow within milliseconds; an idle
+        engine then waits briefly for them, so a burst is prefilled as one group."""
         if not self.alive:
             raise EngineDeadError(self.failure or "the engine is not running")
         if len(self._requests) >= self._capacity:
             raise QueueFullError(f"{len(self._requests)} requests are already in the engine")
         request = Request(next(self._ids), IncrementalText(self._tokenizer, params.stop))
         self._requests[request.request_id] = request
-        self._outbox.put(("add", request.request_id, prompt, params))
+        self._outbox.put(("add", request.request_id, prompt, params, more_coming))
         return request
 
     async def stream(self, request: Request) -> AsyncIterator[TokenEvent]:
