@@ -67,7 +67,7 @@ class BatchLoop:
         self._model = model
         self._device: torch.device = model.device
         self._eos = eos_token_ids
-        self._pad = min(eos_token_ids) if eos_token_ids else 0
+        self._pad = 0  # any id in the vocabulary: padded positions are masked out
         self._max_batch = max_batch_size
         self._prefill_budget = prefill_token_budget
         self._waiting: deque[_Row] = deque()
