@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import threading
@@ -402,3 +403,33 @@ def test_unloadable_model_exits_1_with_one_line(model_cache: Path, tmp_path: Pat
     logs = server.logs()
     assert "no such directory" in logs
     assert "Traceback" not in logs
+
+
+def test_engine_crash_fails_streams_cleanly_and_liveness(model_cache: Path, tmp_path: Path) -> None:
+    with running([], model_cache, tmp_path / "log") as server:
+        children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()
+        # The engine is the spawned child (the other one, if any, is multiprocessing's resource tracker).
+        engines = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        assert len(engines) == 1
+        payload = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "x"}],
+            "max_tokens": 3000,
+            "ignore_eos": True,
+            "stream": True,
+        }
+        with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=payload, timeout=60) as response:
+            lines = response.iter_lines()
+            while '"content":"' not in (line := next(lines)) or '"content":""' in line:
+                pass
+            os.kill(int(engines[0]), signal.SIGKILL)
+            rest = [line for line in lines if line]
+        assert rest[-1] == "data: [DONE]"
+        error = json.loads(rest[-2][6:])["error"]
+        assert error["code"] == "engine_error"
+        assert "engine process exited" in error["message"]
+        health = httpx.get(f"{server.base_url}/healthz")
+        assert health.status_code == 503
+        refused = chat(server)
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "unavailable"
