@@ -72,7 +72,9 @@ async def chat_completions(
             return {**chunk({}), "choices": [], "usage": generation.usage(len(prompt), completion_tokens)}
 
         async def events() -> Any:
-            yield generation.sse(chunk({"role": "assistant", "content": ""}))
+            # The role chunk goes out with the first token: one write per stream instead of two while a burst of
+            # requests is being prefilled.
+            role = generation.sse(chunk({"role": "assistant", "content": ""}))
             async for line in generation.stream_chunks(
                 served.engine,
                 sequence,
@@ -81,7 +83,8 @@ async def chat_completions(
                 lambda reason: chunk({}, finish_reason=reason.value),
                 on_usage if body.include_usage else None,
             ):
-                yield line
+                yield role + line
+                role = ""
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
