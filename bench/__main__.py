@@ -22,13 +22,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
-
-import httpx
 
 from bench.client import Connection, Result
 
@@ -111,9 +110,10 @@ def _wait_ready(process: subprocess.Popen[bytes], base: str, log: IO[bytes], tim
             log.seek(0)
             raise SystemExit(f"the server exited while starting:\n{log.read().decode(errors='replace')}")
         try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:  # refused while starting, or 503 (HTTPError) while loading
             pass
         time.sleep(0.25)
     raise SystemExit("the server did not become ready in time")
