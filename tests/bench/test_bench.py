@@ -1,0 +1,57 @@
+"""The benchmark as a user runs it: one command starts a server, measures it and writes its figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.__main__ import percentile, resident_mib
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_percentile_picks_the_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 51.0
+    assert percentile(values, 99) == 99.0
+    assert percentile([7.0], 99) == 7.0
+
+
+def test_resident_memory_counts_this_process() -> None:
+    assert 10 < resident_mib(os.getpid()) < 100_000
+
+
+def test_bench_runs_against_a_local_server_and_writes_figures(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    environment = {**os.environ, "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--runs", "2", "--concurrency", "3", "--max-tokens", "4", "--json", str(out)],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "throughput ratio" in result.stdout
+    runs = json.loads(out.read_text())
+    assert len(runs) == 2
+    for run in runs:
+        assert run["failed"] == 0
+        assert run["concurrency"] == 3
+        assert run["sequential_tokens_per_s"] > 0
+        assert run["concurrent_tokens_per_s"] > 0
+        assert run["lone_ttft_ms"] > 0
+    assert 0 < runs[-1]["server_resident_mib"] < 2048
+
+
+def test_bench_refuses_bad_arguments() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--concurrency", "0"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "--concurrency" in result.stderr
+    assert "Traceback" not in result.stderr
