@@ -5,26 +5,52 @@ Upgrading a chart: read its changelog for value-key renames, bump the constant, 
 (`scripts/plan dev`) and the test suite, then `pulumi preview` against a real stack.
 """
 
-# --- Kubernetes layer: Helm charts (repository URL + chart version) -----------------------------------------------
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class HelmChart:
+    """One chart, pinned: its name in the repository, its version and the repository's URL."""
+
+    name: str
+    version: str
+    repository: str
+
+
+# --- Kubernetes layer: Helm charts ---------------------------------------------------------------------------------
 
 # NVIDIA device plugin, official chart. 0.20.0 is the newest release (Aug 2026); it still ships the `config.map`
 # time-slicing settings and the `nodeSelector`/`affinity`/`tolerations` values we set to keep it on GPU nodes.
-NVIDIA_DEVICE_PLUGIN_CHART_REPO = "https://nvidia.github.io/k8s-device-plugin"
-NVIDIA_DEVICE_PLUGIN_CHART_VERSION = "0.20.0"
+NVIDIA_DEVICE_PLUGIN_CHART = HelmChart(
+    name="nvidia-device-plugin",
+    version="0.20.0",
+    repository="https://nvidia.github.io/k8s-device-plugin",
+)
 
 # DCGM exporter, official chart. 4.8.2 (DCGM 4.5.3) is the newest release; its ServiceMonitor has `honorLabels`,
 # which keeps the `pod`/`namespace` labels that name the workload using each GPU.
-DCGM_EXPORTER_CHART_REPO = "https://nvidia.github.io/dcgm-exporter/helm-charts"
-DCGM_EXPORTER_CHART_VERSION = "4.8.2"
+DCGM_EXPORTER_CHART = HelmChart(
+    name="dcgm-exporter",
+    version="4.8.2",
+    repository="https://nvidia.github.io/dcgm-exporter/helm-charts",
+)
 
 # kube-prometheus-stack (Prometheus Operator v0.93, Grafana, Alertmanager, node-exporter, kube-state-metrics).
 # 88.5.3 is the newest release; the `*SelectorNilUsesHelmValues` keys we rely on are unchanged in it.
-KUBE_PROMETHEUS_STACK_CHART_REPO = "https://prometheus-community.github.io/helm-charts"
-KUBE_PROMETHEUS_STACK_CHART_VERSION = "88.5.3"
+KUBE_PROMETHEUS_STACK_CHART = HelmChart(
+    name="kube-prometheus-stack",
+    version="88.5.3",
+    repository="https://prometheus-community.github.io/helm-charts",
+)
 
 # prometheus-adapter 5.3.0 (adapter v0.12.0), the newest release: serves our gauges on custom.metrics.k8s.io.
-PROMETHEUS_ADAPTER_CHART_REPO = "https://prometheus-community.github.io/helm-charts"
-PROMETHEUS_ADAPTER_CHART_VERSION = "5.3.0"
+PROMETHEUS_ADAPTER_CHART = HelmChart(
+    name="prometheus-adapter",
+    version="5.3.0",
+    repository="https://prometheus-community.github.io/helm-charts",
+)
 
 # --- Kubernetes layer: images --------------------------------------------------------------------------------------
 
@@ -36,8 +62,11 @@ AWS_CLI_IMAGE = "public.ecr.aws/aws-cli/aws-cli:2.27.49"
 
 # cluster-autoscaler, official chart (kubernetes/autoscaler). 9.52.1 (Oct 2025) has the `autoDiscovery.tags`,
 # `fullnameOverride` and `extraArgs` values we set, and runs the image below through `image.tag`.
-CLUSTER_AUTOSCALER_CHART_REPO = "https://kubernetes.github.io/autoscaler"
-CLUSTER_AUTOSCALER_CHART_VERSION = "9.52.1"
+CLUSTER_AUTOSCALER_CHART = HelmChart(
+    name="cluster-autoscaler",
+    version="9.52.1",
+    repository="https://kubernetes.github.io/autoscaler",
+)
 
 # The autoscaler's minor version must match the control plane's (its scheduler simulation is compiled against
 # that Kubernetes release), so the image tag follows `cluster.version`; these are the latest patch of each minor.

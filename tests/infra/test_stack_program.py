@@ -9,7 +9,7 @@ import pytest
 import yaml
 from stack.testing import ProgramRun, RecordedResource, run_stack
 from stack.testing.harness import stack_settings
-from stack.versions import CLUSTER_AUTOSCALER_CHART_VERSION
+from stack.versions import CLUSTER_AUTOSCALER_CHART
 
 NS = "deepseek-inference"
 NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
@@ -230,7 +230,7 @@ def test_scale_from_zero_hints_on_the_gpu_autoscaling_groups(run: ProgramRun) ->
 def test_cluster_autoscaler(run: ProgramRun) -> None:
     release = run.one("kubernetes:helm.sh/v3:Release", "cluster-autoscaler").inputs
     assert release["chart"] == "cluster-autoscaler"
-    assert release["version"] == CLUSTER_AUTOSCALER_CHART_VERSION
+    assert release["version"] == CLUSTER_AUTOSCALER_CHART.version
     values = release["values"]
     assert values["autoDiscovery"]["clusterName"] == f"{NS}-{run.stack}"
     assert f"k8s.io/cluster-autoscaler/{NS}-{run.stack}" in values["autoDiscovery"]["tags"]

@@ -12,11 +12,8 @@ import pulumi_kubernetes as k8s
 import yaml
 
 from stack.aws.pod_identity_role import PodIdentityRole, PodIdentityRoleArgs
-from stack.versions import (
-    CLUSTER_AUTOSCALER_CHART_REPO,
-    CLUSTER_AUTOSCALER_CHART_VERSION,
-    CLUSTER_AUTOSCALER_IMAGE_TAGS,
-)
+from stack.helm import pinned_release
+from stack.versions import CLUSTER_AUTOSCALER_CHART, CLUSTER_AUTOSCALER_IMAGE_TAGS
 
 NAMESPACE = "kube-system"
 SERVICE_ACCOUNT = "cluster-autoscaler"
@@ -152,12 +149,9 @@ class ClusterAutoscaler(pulumi.ComponentResource):
         }
         if args.node_selector:
             values["nodeSelector"] = dict(args.node_selector)
-        release = k8s.helm.v3.Release(
+        release = pinned_release(
             name,
-            name="cluster-autoscaler",
-            chart="cluster-autoscaler",
-            version=CLUSTER_AUTOSCALER_CHART_VERSION,
-            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=CLUSTER_AUTOSCALER_CHART_REPO),
+            CLUSTER_AUTOSCALER_CHART,
             namespace=NAMESPACE,
             values=values,
             opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[priorities, role]),

@@ -9,6 +9,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from stack import versions
+from stack.helm import pinned_release
 from stack.kubernetes.common import MANAGED_BY, gpu_node_affinity, gpu_node_tolerations
 
 
@@ -47,31 +48,21 @@ class GpuAddons(pulumi.ComponentResource):
         self.releases: list[k8s.helm.v3.Release] = []
         if args.device_plugin:
             self.releases.append(
-                k8s.helm.v3.Release(
+                pinned_release(
                     f"{name}-device-plugin",
-                    k8s.helm.v3.ReleaseArgs(
-                        name="nvidia-device-plugin",
-                        chart="nvidia-device-plugin",
-                        version=versions.NVIDIA_DEVICE_PLUGIN_CHART_VERSION,
-                        repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=versions.NVIDIA_DEVICE_PLUGIN_CHART_REPO),
-                        namespace=args.namespace,
-                        values=device_plugin_values(args.time_slicing_replicas),
-                    ),
+                    versions.NVIDIA_DEVICE_PLUGIN_CHART,
+                    namespace=args.namespace,
+                    values=device_plugin_values(args.time_slicing_replicas),
                     opts=after_namespace,
                 )
             )
         if args.dcgm_exporter:
             self.releases.append(
-                k8s.helm.v3.Release(
+                pinned_release(
                     f"{name}-dcgm-exporter",
-                    k8s.helm.v3.ReleaseArgs(
-                        name="dcgm-exporter",
-                        chart="dcgm-exporter",
-                        version=versions.DCGM_EXPORTER_CHART_VERSION,
-                        repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=versions.DCGM_EXPORTER_CHART_REPO),
-                        namespace=args.namespace,
-                        values=dcgm_exporter_values(),
-                    ),
+                    versions.DCGM_EXPORTER_CHART,
+                    namespace=args.namespace,
+                    values=dcgm_exporter_values(),
                     opts=after_namespace,
                 )
             )

@@ -10,6 +10,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from stack import versions
+from stack.helm import pinned_release
 from stack.kubernetes import metrics
 from stack.kubernetes.common import MANAGED_BY
 
@@ -54,31 +55,21 @@ class Monitoring(pulumi.ComponentResource):
             opts=child,
         )
         after_namespace = pulumi.ResourceOptions(parent=self, depends_on=[namespace])
-        self.stack_release = k8s.helm.v3.Release(
+        self.stack_release = pinned_release(
             f"{name}-kube-prometheus-stack",
-            k8s.helm.v3.ReleaseArgs(
-                name="kube-prometheus-stack",
-                chart="kube-prometheus-stack",
-                version=versions.KUBE_PROMETHEUS_STACK_CHART_VERSION,
-                repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=versions.KUBE_PROMETHEUS_STACK_CHART_REPO),
-                namespace=args.namespace,
-                values=kube_prometheus_stack_values(args),
-                # The CRDs and the operator take a while on a fresh cluster.
-                timeout=900,
-            ),
+            versions.KUBE_PROMETHEUS_STACK_CHART,
+            namespace=args.namespace,
+            values=kube_prometheus_stack_values(args),
             opts=after_namespace,
+            # The CRDs and the operator take a while on a fresh cluster.
+            timeout=900,
         )
         prometheus_url = f"http://{PROMETHEUS_SERVICE}.{args.namespace}.svc"
-        self.adapter_release = k8s.helm.v3.Release(
+        self.adapter_release = pinned_release(
             f"{name}-prometheus-adapter",
-            k8s.helm.v3.ReleaseArgs(
-                name="prometheus-adapter",
-                chart="prometheus-adapter",
-                version=versions.PROMETHEUS_ADAPTER_CHART_VERSION,
-                repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=versions.PROMETHEUS_ADAPTER_CHART_REPO),
-                namespace=args.namespace,
-                values=prometheus_adapter_values(prometheus_url),
-            ),
+            versions.PROMETHEUS_ADAPTER_CHART,
+            namespace=args.namespace,
+            values=prometheus_adapter_values(prometheus_url),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.stack_release]),
         )
         k8s.core.v1.ConfigMap(

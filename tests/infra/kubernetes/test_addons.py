@@ -30,7 +30,7 @@ def release(run: ProgramRun, chart: str) -> dict[str, Any]:
 
 def test_device_plugin_runs_only_on_gpu_nodes(dev_run: ProgramRun) -> None:
     plugin = release(dev_run, "nvidia-device-plugin")
-    assert plugin["version"] == versions.NVIDIA_DEVICE_PLUGIN_CHART_VERSION
+    assert plugin["version"] == versions.NVIDIA_DEVICE_PLUGIN_CHART.version
     assert plugin["repositoryOpts"]["repo"] == "https://nvidia.github.io/k8s-device-plugin"
     assert plugin["values"]["affinity"] == GPU_NODES_ONLY
     assert plugin["values"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
@@ -88,9 +88,9 @@ def test_adapter_serves_the_metric_the_hpa_uses(dev_run: ProgramRun) -> None:
 
 def test_chart_versions_come_from_the_versions_module(dev_run: ProgramRun) -> None:
     charts = {r.inputs["chart"]: r.inputs["version"] for r in dev_run.of_type(RELEASE)}
-    assert charts["kube-prometheus-stack"] == versions.KUBE_PROMETHEUS_STACK_CHART_VERSION
-    assert charts["prometheus-adapter"] == versions.PROMETHEUS_ADAPTER_CHART_VERSION
-    assert charts["dcgm-exporter"] == versions.DCGM_EXPORTER_CHART_VERSION
+    assert charts["kube-prometheus-stack"] == versions.KUBE_PROMETHEUS_STACK_CHART.version
+    assert charts["prometheus-adapter"] == versions.PROMETHEUS_ADAPTER_CHART.version
+    assert charts["dcgm-exporter"] == versions.DCGM_EXPORTER_CHART.version
 
 
 def test_grafana_loads_the_dashboard_from_a_labelled_config_map(dev_run: ProgramRun) -> None:
