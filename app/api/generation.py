@@ -132,6 +132,17 @@ def now() -> int:
     return int(time.time())
 
 
+def envelope(completion_id: str, kind: str, created: int, model: str, choice: dict[str, Any]) -> dict[str, Any]:
+    """A completion object with one choice, as both routes answer and stream: `choice` holds its variable part."""
+    return {
+        "id": completion_id,
+        "object": kind,
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, **choice, "logprobs": None}],
+    }
+
+
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {
         "prompt_tokens": prompt_tokens,

@@ -8,6 +8,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -27,6 +28,22 @@ def client(server: LiveServer, key: str = "unused") -> openai.OpenAI:
 def chat(server: LiveServer, **body: object) -> httpx.Response:
     payload = {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4, **body}
     return httpx.post(f"{server.base_url}/v1/chat/completions", json=payload, timeout=60)
+
+
+# A stream that outlasts any test: it ends only when the client or the server ends it.
+LONG_STREAM = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": "long"}],
+    "max_tokens": 3000,
+    "ignore_eos": True,
+    "stream": True,
+}
+
+
+def until_first_text(lines: Iterator[str]) -> None:
+    """Read a stream's lines up to its first generated text (the request is then in the running batch)."""
+    while '"content":"' not in (line := next(lines)) or '"content":""' in line:
+        pass
 
 
 # ----- the OpenAI API through the official client -----
@@ -287,17 +304,9 @@ def test_one_json_log_line_per_request(server: LiveServer) -> None:
 
 
 def test_disconnected_stream_is_cancelled(server: LiveServer) -> None:
-    payload = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": "long"}],
-        "max_tokens": 3000,
-        "ignore_eos": True,
-        "stream": True,
-    }
-    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=payload, timeout=60) as response:
-        lines = response.iter_lines()  # not a for-loop: leaving one would close the response early
-        while '"content":"' not in (line := next(lines)) or '"content":""' in line:
-            pass  # until the first generated text: the request is then in the running batch
+    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=LONG_STREAM, timeout=60) as response:
+        lines = response.iter_lines()  # kept: a dropped or abandoned line iterator closes the response
+        until_first_text(lines)
         assert server.metric("deepseek_num_requests_running") == 1
     server.wait_for_metric("deepseek_num_requests_running", 0, timeout=5)
 
@@ -335,14 +344,13 @@ def test_api_keys_guard_v1_but_not_operations(model_cache: Path, tmp_path: Path)
 def test_full_queue_answers_429_with_retry_after(model_cache: Path, tmp_path: Path) -> None:
     args = ["--max-batch-size", "1", "--max-queue", "1"]
     with running(args, model_cache, tmp_path / "log") as server:
-        long = {"max_tokens": 3000, "ignore_eos": True, "stream": True}
         streams = []
         try:
             for _ in range(2):  # one running, one waiting
                 context = httpx.stream(
                     "POST",
                     f"{server.base_url}/v1/chat/completions",
-                    json={"model": MODEL, "messages": [{"role": "user", "content": "x"}], **long},
+                    json=LONG_STREAM,
                     timeout=60,
                 )
                 response = context.__enter__()
@@ -411,17 +419,9 @@ def test_engine_crash_fails_streams_cleanly_and_liveness(model_cache: Path, tmp_
         # The engine is the spawned child (the other one, if any, is multiprocessing's resource tracker).
         engines = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
         assert len(engines) == 1
-        payload = {
-            "model": MODEL,
-            "messages": [{"role": "user", "content": "x"}],
-            "max_tokens": 3000,
-            "ignore_eos": True,
-            "stream": True,
-        }
-        with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=payload, timeout=60) as response:
+        with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=LONG_STREAM, timeout=60) as response:
             lines = response.iter_lines()
-            while '"content":"' not in (line := next(lines)) or '"content":""' in line:
-                pass
+            until_first_text(lines)
             os.kill(int(engines[0]), signal.SIGKILL)
             rest = [line for line in lines if line]
         assert rest[-1] == "data: [DONE]"

@@ -45,13 +45,8 @@ async def chat_completions(
     completion_id, created = generation.new_id("chatcmpl"), generation.now()
 
     def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-        return {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": runtime.model_name,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-        }
+        choice = {"delta": delta, "finish_reason": finish_reason}
+        return generation.envelope(completion_id, "chat.completion.chunk", created, runtime.model_name, choice)
 
     if body.stream:
         splitter = ReasoningSplitter(starts_in_reasoning=thinking)
@@ -98,15 +93,12 @@ async def chat_completions(
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if reasoning is not None:
         message["reasoning_content"] = reasoning
-    return JSONResponse(
-        {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": runtime.model_name,
-            "choices": [
-                {"index": 0, "message": message, "logprobs": None, "finish_reason": outcome.finish_reason.value}
-            ],
-            "usage": generation.usage(len(prompt), outcome.completion_tokens),
-        }
+    answer = generation.envelope(
+        completion_id,
+        "chat.completion",
+        created,
+        runtime.model_name,
+        {"message": message, "finish_reason": outcome.finish_reason.value},
     )
+    answer["usage"] = generation.usage(len(prompt), outcome.completion_tokens)
+    return JSONResponse(answer)

@@ -52,13 +52,8 @@ async def completions(body: CompletionRequest, request: Request, runtime: Runtim
     completion_id, created = generation.new_id("cmpl"), generation.now()
 
     def chunk(text: str, finish_reason: str | None = None) -> dict[str, Any]:
-        return {
-            "id": completion_id,
-            "object": "text_completion",
-            "created": created,
-            "model": runtime.model_name,
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
-        }
+        choice = {"text": text, "finish_reason": finish_reason}
+        return generation.envelope(completion_id, "text_completion", created, runtime.model_name, choice)
 
     if body.stream:
 
