@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
+from fastapi.responses import StreamingResponse
 
 from app.api.errors import APIError, error_body
 from app.engine.client import EngineClient
@@ -18,9 +19,7 @@ from app.engine.client import Request as EngineRequest
 from app.engine.types import EngineDeadError, FinishReason, QueueFullError, SamplingParams
 from app.runtime import Runtime
 
-
-class ClientGoneError(Exception):
-    """The client disconnected before the answer was ready; its generation has been cancelled."""
+CLIENT_GONE = 499  # the status logged for a request whose client disconnected before its answer was ready
 
 
 @dataclass(frozen=True)
@@ -87,8 +86,9 @@ def submit(
         raise APIError(503, f"the engine is not running: {error}", type="server_error", code="unavailable") from None
 
 
-async def collect(engine: EngineClient, sequence: EngineRequest, request: Request) -> Outcome:
-    """Wait for the whole answer; if the client disconnects meanwhile, cancel the generation."""
+async def collect(engine: EngineClient, sequence: EngineRequest, request: Request) -> Outcome | None:
+    """Wait for the whole answer. If the client disconnects meanwhile, cancel the generation and return None
+    (logged as 499, nginx's "client closed request")."""
 
     async def consume() -> Outcome:
         parts: list[str] = []
@@ -113,8 +113,15 @@ async def collect(engine: EngineClient, sequence: EngineRequest, request: Reques
         if not consumer.done():
             consumer.cancel()
     if consumer.cancelled():
-        raise ClientGoneError
-    return consumer.result()
+        request.state.status_override = CLIENT_GONE
+        return None
+    outcome = consumer.result()
+    request.state.completion_tokens = outcome.completion_tokens
+    return outcome
+
+
+def event_stream(lines: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(lines, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 def sse(payload: dict[str, Any]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from app.api import generation
 from app.api.deps import RuntimeDep, ServedDep
@@ -81,14 +81,11 @@ async def chat_completions(
                 yield role + line
                 role = ""
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return generation.event_stream(events())
 
-    try:
-        outcome = await generation.collect(served.engine, sequence, request)
-    except generation.ClientGoneError:
-        request.state.status_override = 499
-        return Response(status_code=499)
-    request.state.completion_tokens = outcome.completion_tokens
+    outcome = await generation.collect(served.engine, sequence, request)
+    if outcome is None:
+        return Response(status_code=generation.CLIENT_GONE)  # nobody is left to read it
     reasoning, content = split_reasoning(outcome.text, starts_in_reasoning=thinking)
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if reasoning is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from app.api import generation
 from app.api.deps import RuntimeDep, ServedDep
@@ -68,14 +68,11 @@ async def completions(body: CompletionRequest, request: Request, runtime: Runtim
             lambda reason: chunk("", finish_reason=reason.value),
             on_usage if body.include_usage else None,
         )
-        return StreamingResponse(lines, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return generation.event_stream(lines)
 
-    try:
-        outcome = await generation.collect(served.engine, sequence, request)
-    except generation.ClientGoneError:
-        request.state.status_override = 499
-        return Response(status_code=499)
-    request.state.completion_tokens = outcome.completion_tokens
+    outcome = await generation.collect(served.engine, sequence, request)
+    if outcome is None:
+        return Response(status_code=generation.CLIENT_GONE)  # nobody is left to read it
     body_json = chunk(outcome.text, finish_reason=outcome.finish_reason.value)
     body_json["usage"] = generation.usage(len(prompt), outcome.completion_tokens)
     return JSONResponse(body_json)
