@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from app.api.errors import APIError, error_body
 from app.engine.client import EngineClient
@@ -19,6 +19,7 @@ from app.engine.client import Request as EngineRequest
 from app.engine.types import EngineDeadError, FinishReason, QueueFullError, SamplingParams
 from app.runtime import Runtime
 
+FIRST_EVENT_WAIT_S = 1.0  # see event_stream
 CLIENT_GONE = 499  # the status logged for a request whose client disconnected before its answer was ready
 
 
@@ -120,8 +121,31 @@ async def collect(engine: EngineClient, sequence: EngineRequest, request: Reques
     return outcome
 
 
-def event_stream(lines: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(lines, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+async def event_stream(lines: AsyncIterator[str]) -> Response:
+    """An SSE response that starts with the first generated text when it comes soon.
+
+    Holding the headers back for up to FIRST_EVENT_WAIT_S lets a generation that fails before producing anything
+    answer with a real status (503 and the error body) instead of a 200 stream carrying an error, and keeps the
+    HTTP process quiet while a burst of requests is being prefilled. A request that waits longer in the queue gets
+    its headers anyway, so proxies in front do not time out on it."""
+    iterator = aiter(lines)
+    first = asyncio.ensure_future(anext(iterator, None))
+    await asyncio.wait({first}, timeout=FIRST_EVENT_WAIT_S)
+    if first.done() and (line := first.result()) is not None and line.startswith('data: {"error"'):
+        return JSONResponse(json.loads(line.removeprefix("data: ")), status_code=503)
+
+    async def everything() -> AsyncIterator[str]:
+        try:
+            head = await first
+        except asyncio.CancelledError:
+            first.cancel()
+            raise
+        if head is not None:
+            yield head
+        async for line in iterator:
+            yield line
+
+    return StreamingResponse(everything(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 def sse(payload: dict[str, Any]) -> str:

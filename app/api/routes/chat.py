@@ -81,7 +81,7 @@ async def chat_completions(
                 yield role + line
                 role = ""
 
-        return generation.event_stream(events())
+        return await generation.event_stream(events())
 
     outcome = await generation.collect(served.engine, sequence, request)
     if outcome is None:

@@ -68,7 +68,7 @@ async def completions(body: CompletionRequest, request: Request, runtime: Runtim
             lambda reason: chunk("", finish_reason=reason.value),
             on_usage if body.include_usage else None,
         )
-        return generation.event_stream(lines)
+        return await generation.event_stream(lines)
 
     outcome = await generation.collect(served.engine, sequence, request)
     if outcome is None:
