@@ -102,6 +102,11 @@ class Runtime:
         self.metrics.model_loaded()
         logger.info(f"model ready: {self._engine.description}", extra={"event": "ready", "model": self.model_name})
 
+    def abort_in_flight(self, reason: str) -> None:
+        """End every generation in flight with an error event, so its client hears why (drain ran out of time)."""
+        if self.served is not None:
+            self.served.engine.abort_all(reason)
+
     def close(self) -> None:
         self._closed = True
         if self._engine is not None:

@@ -23,6 +23,9 @@ from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+# After the drain timeout, streams get an error event and this long to deliver it before the server closes.
+ABORT_GRACE_S = 2.0
+
 
 class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
@@ -30,6 +33,7 @@ class DrainingServer(uvicorn.Server):
         self.runtime = runtime
         self.exit_code = 0
         self._drain_deadline: float | None = None
+        self._aborted = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Not recorded in uvicorn's captured signals: re-raising SIGTERM after the drain would end the process with
@@ -58,12 +62,16 @@ class DrainingServer(uvicorn.Server):
             if self.runtime.in_flight == 0:
                 logger.info("drained", extra={"event": "drain_finished"})
                 return True
-            if time.monotonic() >= self._drain_deadline:
+            now = time.monotonic()
+            if now >= self._drain_deadline and not self._aborted:
                 logger.warning(
-                    "drain timeout: closing remaining requests",
+                    "drain timeout: ending the remaining requests with an error event",
                     extra={"event": "drain_timeout", "in_flight": self.runtime.in_flight},
                 )
-                return True
+                self.runtime.abort_in_flight("the server shut down before this request finished (drain timeout)")
+                self._aborted = True
+            if now >= self._drain_deadline + ABORT_GRACE_S:
+                return True  # streams that still have not ended are cut by uvicorn's shutdown
         return await super().on_tick(counter)
 
 

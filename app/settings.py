@@ -34,7 +34,8 @@ class Settings:
     max_queue: int = 256
     max_model_len: int = 4096
     api_keys: tuple[str, ...] = ()
-    # Fits a pod's default 30 s grace period together with a short preStop pause.
+    # The pod's grace period must cover preStop pause + drain + a few seconds to close (the stack sets
+    # terminationGracePeriodSeconds = preStop + drain + 5 s); 25 s keeps the whole shutdown near a minute at most.
     drain_timeout: float = 25.0
     max_body_bytes: int = 4 * 1024 * 1024
     log_level: str = "info"

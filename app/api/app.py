@@ -5,17 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
-from app.api.errors import APIError, error_response, install_error_handlers
-from app.api.middleware import (
-    AccessLogMiddleware,
-    AuthMiddleware,
-    BodyLimitMiddleware,
-    BodyTooLargeError,
-    GateMiddleware,
-)
+from app.api.errors import install_error_handlers
+from app.api.middleware import AccessLogMiddleware, AuthMiddleware, BodyLimitMiddleware, GateMiddleware
 from app.api.routes import chat, completions, health, models
 from app.runtime import Runtime
 
@@ -36,16 +29,12 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.state.runtime = runtime
     install_error_handlers(app)
 
-    @app.exception_handler(BodyTooLargeError)
-    async def _too_large(_: Request, exc: BodyTooLargeError) -> JSONResponse:
-        return error_response(APIError(400, str(exc), code="request_too_large"))
-
     for router in (health.router, models.router, chat.router, completions.router):
         app.include_router(router)
 
     # Added innermost first: the last one added runs first.
     app.add_middleware(GateMiddleware, runtime=runtime)
-    app.add_middleware(AuthMiddleware, keys=runtime.settings.api_keys)
     app.add_middleware(BodyLimitMiddleware, max_bytes=runtime.settings.max_body_bytes)
+    app.add_middleware(AuthMiddleware, keys=runtime.settings.api_keys)  # before any body is read
     app.add_middleware(AccessLogMiddleware, runtime=runtime)
     return app

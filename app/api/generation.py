@@ -44,6 +44,8 @@ def completion_budget(
     prompt_tokens: int, requested: int | None, max_model_len: int, default: int | None, prompt_field: str
 ) -> int:
     """max_tokens for this request; a request that cannot fit in --max-model-len is refused, never clamped."""
+    if prompt_tokens == 0:
+        raise APIError(400, "the prompt is empty: there is nothing to continue from", param=prompt_field)
     if prompt_tokens >= max_model_len:
         raise APIError(
             400,
@@ -110,10 +112,11 @@ async def collect(engine: EngineClient, sequence: EngineRequest, request: Reques
     try:
         await asyncio.wait({consumer, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        watcher.cancel()
-        if not consumer.done():
-            consumer.cancel()
-    if consumer.cancelled():
+        gone = not consumer.done()
+        for task in (watcher, consumer):
+            task.cancel()
+        await asyncio.gather(watcher, consumer, return_exceptions=True)  # let the cancellations finish
+    if gone:
         request.state.status_override = CLIENT_GONE
         return None
     outcome = consumer.result()
@@ -121,8 +124,8 @@ async def collect(engine: EngineClient, sequence: EngineRequest, request: Reques
     return outcome
 
 
-async def event_stream(lines: AsyncIterator[str]) -> Response:
-    """An SSE response that starts with the first generated text when it comes soon.
+async def event_stream(lines: AsyncIterator[str], preamble: str = "") -> Response:
+    """An SSE response that starts with the first generated text when it comes soon; `preamble` goes before it.
 
     Holding the headers back for up to FIRST_EVENT_WAIT_S lets a generation that fails before producing anything
     answer with a real status (503 and the error body) instead of a 200 stream carrying an error, and keeps the
@@ -140,12 +143,20 @@ async def event_stream(lines: AsyncIterator[str]) -> Response:
         except asyncio.CancelledError:
             first.cancel()
             raise
-        if head is not None:
-            yield head
+        yield preamble + (head or "")
         async for line in iterator:
             yield line
 
     return StreamingResponse(everything(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of text; text the tokenizer cannot take (e.g. a lone UTF-16 surrogate) is a client error."""
+    try:
+        ids: list[int] = tokenizer.encode(text, add_special_tokens=False)
+    except (TypeError, ValueError) as error:
+        raise APIError(400, f"the text could not be tokenized: {error}", code="invalid_text") from None
+    return ids
 
 
 def sse(payload: dict[str, Any]) -> str:

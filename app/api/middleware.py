@@ -1,6 +1,6 @@
 """Pure ASGI middleware (no BaseHTTPMiddleware: it would break streaming and disconnect detection).
 
-Outermost first: AccessLog (one JSON line and the request metrics per request) → BodyLimit → Auth (/v1 only) →
+Outermost first: AccessLog (one JSON line and the request metrics per request) → Auth (/v1 only) → BodyLimit →
 Gate (/v1 only: 503 while loading or draining; counts requests in flight for the drain).
 """
 
@@ -21,11 +21,6 @@ logger = logging.getLogger("app.access")
 
 API_PREFIX = "/v1/"
 GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
-
-
-class BodyTooLargeError(Exception):
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"the request body is larger than {limit} bytes")
 
 
 class AccessLogMiddleware:
@@ -74,36 +69,52 @@ class AccessLogMiddleware:
 
 
 class BodyLimitMiddleware:
+    """Refuses bodies over the limit with OpenAI's 400, whether declared (Content-Length) or streamed (chunked).
+
+    The body is read here, up to the limit, and handed to the app from memory: an error raised while the app
+    itself reads would reach the client as FastAPI's generic parse error instead."""
+
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    too_large = int(value) > self.max_bytes
-                except ValueError:
-                    too_large = False
-                if too_large:
-                    error = BodyTooLargeError(self.max_bytes)
-                    await error_response(APIError(400, str(error), code="request_too_large"))(scope, receive, send)
-                    return
-        seen = 0
-
-        async def counting_receive() -> Message:
-            nonlocal seen
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise BodyTooLargeError(self.max_bytes)  # the app's error handler answers 400
-            return message
+            if message["type"] != "http.request":  # the client left while sending
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        delivered = False
 
-        await self.app(scope, counting_receive, send)
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: wait for the disconnect, as the app expects
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = f"the request body is larger than {self.max_bytes} bytes (--max-body-bytes)"
+        await error_response(APIError(400, message, code="request_too_large"))(scope, receive, send)
 
 
 class AuthMiddleware:

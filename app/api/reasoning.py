@@ -11,9 +11,9 @@ OPEN, CLOSE = "<think>", "</think>"
 
 
 def prompt_opens_reasoning(prompt_text: str) -> bool:
-    """True when the rendered prompt ends inside an open <think> block (R1's template does this)."""
-    tail = prompt_text.rstrip()
-    return tail.rfind(OPEN) > tail.rfind(CLOSE)
+    """True when the rendered prompt ends by opening a <think> block, as R1's template does (a user who merely
+    writes "<think>" somewhere in a message does not count)."""
+    return prompt_text.rstrip().endswith(OPEN)
 
 
 class ReasoningSplitter:

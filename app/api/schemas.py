@@ -13,6 +13,25 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from app.engine.types import SamplingParams
 
 MAX_STOP_STRINGS = 4
+MAX_STOP_LENGTH = 256  # each stop string is searched for at every token: keep that cheap
+
+RESERVED_TEMPLATE_KEYS = {
+    "chat_template",
+    "conversation",
+    "messages",
+    "tools",
+    "documents",
+    "tokenize",
+    "add_generation_prompt",
+    "continue_final_message",
+    "padding",
+    "truncation",
+    "max_length",
+    "return_tensors",
+    "return_dict",
+    "return_assistant_tokens_mask",
+    "tokenizer_kwargs",
+}
 
 # OpenAI fields this server cannot honour, each with the values that mean "not used" (accepted and ignored).
 UNSUPPORTED: dict[str, Any] = {
@@ -66,8 +85,12 @@ class _GenerationRequest(BaseModel):
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
-    stop: str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | None = None
-    seed: int | None = None
+    stop: (
+        Annotated[str, Field(max_length=MAX_STOP_LENGTH)]
+        | Annotated[list[Annotated[str, Field(max_length=MAX_STOP_LENGTH)]], Field(max_length=MAX_STOP_STRINGS)]
+        | None
+    ) = None
+    seed: Annotated[int, Field(ge=-(2**63), lt=2**64)] | None = None  # what torch's generators accept
     stream: bool = False
     stream_options: StreamOptions | None = None
     # vLLM's extension: keep generating past end-of-sequence (benchmarks use it to fix the output length).
@@ -123,6 +146,16 @@ class ChatCompletionRequest(_GenerationRequest):
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     # vLLM's extension: variables for the chat template, e.g. {"thinking": true} to open a <think> block.
     chat_template_kwargs: dict[str, Any] | None = None
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _template_variables_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # Only variables for the checkpoint's template: not a template of the client's own (it would run in the
+        # server), nor arguments of the rendering call itself.
+        reserved = sorted(set(value or {}) & RESERVED_TEMPLATE_KEYS)
+        if reserved:
+            raise ValueError(f"chat_template_kwargs may not set {', '.join(reserved)}")
+        return value
 
     @property
     def requested_max_tokens(self) -> int | None:

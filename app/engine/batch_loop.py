@@ -94,6 +94,14 @@ class BatchLoop:
     def add(self, request_id: int, prompt: list[int], params: SamplingParams) -> None:
         self._waiting.append(_Row(request_id, prompt, params, make_generator(params)))
 
+    def reset(self) -> list[int]:
+        """Drop every request (after a failed step left the batch in an unknown state); return their ids."""
+        dropped = [row.request_id for row in (*self._running, *self._waiting)]
+        self._waiting.clear()
+        self._running = []
+        self._batch = None
+        return dropped
+
     def cancel(self, request_id: int) -> None:
         """Forget a request: dropped from the queue now, or from the batch before the next step."""
         for row in self._waiting:

@@ -206,8 +206,21 @@ class EngineClient:
         if self.failure is None and not self._closing:
             self.failure = reason
             logger.error(reason, extra={"event": "engine_failed"})
+        self.abort_all(reason)
+        self._observer.on_queue(0, 0)
+        self._observer.on_step(0)
+
+    def _on_failed_requests(self, request_ids: list[int], reason: str) -> None:
+        logger.error(f"generation failed: {reason}", extra={"event": "generation_failed", "requests": len(request_ids)})
+        for request_id in request_ids:
+            request = self._requests.get(request_id)
+            if request is not None:
+                self._finish(request, TokenEvent("", request.generated, FinishReason.ERROR, error=reason))
+
+    def abort_all(self, reason: str) -> None:
+        """End every request in flight with an error event (engine lost, or the drain ran out of time)."""
         for request in list(self._requests.values()):
-            self._finish(request, TokenEvent("", request.generated, FinishReason.ERROR, error=reason))
+            self._finish(request, TokenEvent("", request.generated, FinishReason.ERROR, error=reason), True)
 
     # ----- threads that move messages between the event loop and the pipes -----
 
@@ -230,6 +243,8 @@ class EngineClient:
                 return
             if message[0] == "step":
                 self._call(self._on_step, *message[1:])
+            elif message[0] == "failed_requests":
+                self._call(self._on_failed_requests, *message[1:])
 
     def _call(self, function: Callable[..., None], *args: Any) -> None:
         assert self._loop is not None

@@ -55,5 +55,8 @@ def sample_next_tokens(
         if p.top_p < 1.0:
             scores = _top_p_filter(scores, p.top_p)
         probabilities = torch.softmax(scores, dim=-1)
+        if not bool(torch.isfinite(probabilities).all()):  # logits that were already inf or NaN
+            result[row] = int(torch.argmax(torch.nan_to_num(rows[position])).item())
+            continue
         result[row] = int(torch.multinomial(probabilities, 1, generator=generators[row]).item())
     return result

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+GREEDY_BELOW = 1e-4
+
 
 class FinishReason(StrEnum):
     STOP = "stop"  # end-of-sequence token or a stop string
@@ -24,7 +26,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        # Below this, dividing logits by the temperature overflows; the distribution is the argmax anyway.
+        return self.temperature < GREEDY_BELOW
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ Messages are small tuples over two one-way pipes:
     API → engine   ("add", id, prompt_ids, SamplingParams, more_coming) | ("cancel", id) | ("stop",)
     engine → API   ("progress", text) | ("ready", description, context_length) | ("failed", text)
                    | ("step", [(id, token, finish, is_eos), ...], waiting, running, rows)
+                   | ("failed_requests", [id, ...], reason)
 """
 
 from __future__ import annotations
@@ -94,8 +95,11 @@ def _serve(loop: BatchLoop, inbox: Connection, outbox: Connection) -> None:
             message = inbox.recv()
             kind = message[0]
             if kind == "add":
-                loop.add(message[1], message[2], message[3])
                 more_coming = message[4]
+                try:
+                    loop.add(message[1], message[2], message[3])
+                except Exception as error:  # e.g. a seed torch cannot take: fail that request, not the engine
+                    outbox.send(("failed_requests", [message[1]], f"{type(error).__name__}: {error}"))
             elif kind == "cancel":
                 loop.cancel(message[1])
             elif kind == "stop":
@@ -106,7 +110,14 @@ def _serve(loop: BatchLoop, inbox: Connection, outbox: Connection) -> None:
                 now = time.monotonic()
                 deadline = deadline or now + ARRIVAL_CAP_S
                 timeout = max(0.0, min(ARRIVAL_WINDOW_S, deadline - now))
-        outputs = loop.step()
+        try:
+            outputs = loop.step()
+        except Exception as error:
+            # A step that raises (out of memory, a kernel error) leaves the batch in an unknown state: fail the
+            # requests in it, log why, and keep serving new ones rather than taking the whole server down.
+            logger.exception("engine step failed", extra={"event": "engine_step_failed"})
+            outbox.send(("failed_requests", loop.reset(), f"{type(error).__name__}: {error}"))
+            outputs = []
         counts = (loop.waiting, loop.running)
         if outputs or counts != reported:  # a cancelled request changes the counts without producing a token
             reported = counts

@@ -27,7 +27,10 @@ def client(server: LiveServer, key: str = "unused") -> openai.OpenAI:
 
 def chat(server: LiveServer, **body: object) -> httpx.Response:
     payload = {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4, **body}
-    return httpx.post(f"{server.base_url}/v1/chat/completions", json=payload, timeout=60)
+    # json.dumps escapes non-ASCII, so even a lone surrogate travels as a valid JSON escape (\ud800).
+    content = json.dumps(payload)
+    headers = {"content-type": "application/json"}
+    return httpx.post(f"{server.base_url}/v1/chat/completions", content=content, headers=headers, timeout=60)
 
 
 # A stream that outlasts any test: it ends only when the client or the server ends it.
@@ -433,3 +436,65 @@ def test_engine_crash_fails_streams_cleanly_and_liveness(model_cache: Path, tmp_
         refused = chat(server)
         assert refused.status_code == 503
         assert refused.json()["error"]["code"] == "unavailable"
+
+
+# ----- inputs found by review that once took the engine down or leaked a 500 -----
+
+
+def test_tiny_temperature_is_greedy_and_the_engine_survives(server: LiveServer) -> None:
+    greedy = chat(server, temperature=0, max_tokens=6).json()["choices"][0]["message"]["content"]
+    tiny = chat(server, temperature=1e-45, max_tokens=6)
+    assert tiny.status_code == 200
+    assert tiny.json()["choices"][0]["message"]["content"] == greedy
+    assert httpx.get(f"{server.base_url}/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "mentions"),
+    [
+        ({"seed": 2**64}, "seed"),
+        ({"messages": [{"role": "user", "content": "\ud800"}]}, "tokenized"),
+        ({"chat_template_kwargs": {"chat_template": "{{ '' }}"}}, "chat_template"),
+        ({"stop": ["x" * 300]}, "stop"),
+    ],
+    ids=["seed out of range", "lone surrogate", "client template", "huge stop string"],
+)
+def test_more_bad_requests_are_400(server: LiveServer, body: dict[str, object], mentions: str) -> None:
+    response = chat(server, **body)
+    assert response.status_code == 400, response.text
+    assert mentions in response.json()["error"]["message"]
+    assert httpx.get(f"{server.base_url}/healthz").status_code == 200
+
+
+def test_think_tag_in_a_user_message_does_not_hide_the_answer(server: LiveServer) -> None:
+    message = chat(server, messages=[{"role": "user", "content": "tell me about <think>"}], temperature=0).json()
+    assert message["choices"][0]["message"]["content"]
+    assert "reasoning_content" not in message["choices"][0]["message"]
+
+
+def test_plain_request_whose_client_leaves_is_logged_499(server: LiveServer) -> None:
+    payload = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 3000, "ignore_eos": True}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{server.base_url}/v1/chat/completions", json=payload, timeout=0.5)
+    server.wait_for_metric("deepseek_num_requests_running", 0, timeout=5)
+    time.sleep(0.2)
+    statuses = [json.loads(line).get("status") for line in server.logs().splitlines() if '"path": "/v1/chat' in line]
+    assert statuses[-1] == 499
+    assert "Traceback" not in server.logs()
+
+
+def test_drain_timeout_ends_streams_with_an_error_event(model_cache: Path, tmp_path: Path) -> None:
+    server = start(["--drain-timeout", "1"], model_cache, tmp_path / "log")
+    try:
+        wait_ready(server)
+        with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=LONG_STREAM, timeout=60) as response:
+            lines = response.iter_lines()
+            until_first_text(lines)
+            server.process.send_signal(signal.SIGTERM)
+            rest = [line for line in lines if line]
+        assert rest[-1] == "data: [DONE]"
+        assert "drain timeout" in json.loads(rest[-2][6:])["error"]["message"]
+        assert server.process.wait(timeout=30) == 0
+    finally:
+        stop(server)
+    assert "Traceback" not in server.logs()

@@ -34,7 +34,7 @@ async def chat_completions(
     generation.check_model(runtime, body.model)
     tokenizer = served.tokenizer
     prompt_text = render_prompt(tokenizer, body)
-    prompt = tokenizer.encode(prompt_text, add_special_tokens=False)
+    prompt = generation.encode(tokenizer, prompt_text)
     max_tokens = generation.completion_budget(
         len(prompt), body.requested_max_tokens, runtime.settings.max_model_len, default=None, prompt_field="messages"
     )
@@ -66,22 +66,18 @@ async def chat_completions(
         def on_usage(completion_tokens: int) -> dict[str, Any]:
             return {**chunk({}), "choices": [], "usage": generation.usage(len(prompt), completion_tokens)}
 
-        async def events() -> Any:
-            # The role chunk goes out with the first token: one write per stream instead of two while a burst of
-            # requests is being prefilled.
-            role = generation.sse(chunk({"role": "assistant", "content": ""}))
-            async for line in generation.stream_chunks(
-                served.engine,
-                sequence,
-                request,
-                on_text,
-                lambda reason: chunk({}, finish_reason=reason.value),
-                on_usage if body.include_usage else None,
-            ):
-                yield role + line
-                role = ""
-
-        return await generation.event_stream(events())
+        lines = generation.stream_chunks(
+            served.engine,
+            sequence,
+            request,
+            on_text,
+            lambda reason: chunk({}, finish_reason=reason.value),
+            on_usage if body.include_usage else None,
+        )
+        # The role chunk goes out with the first token: one write per stream instead of two during a burst.
+        return await generation.event_stream(
+            lines, preamble=generation.sse(chunk({"role": "assistant", "content": ""}))
+        )
 
     outcome = await generation.collect(served.engine, sequence, request)
     if outcome is None:

@@ -31,8 +31,7 @@ def prompt_ids(tokenizer: Any, body: CompletionRequest) -> list[int]:
         return ids
     text = prompt if isinstance(prompt, str) else str(prompt[0])
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    encoded: list[int] = bos + tokenizer.encode(text, add_special_tokens=False)
-    return encoded
+    return bos + generation.encode(tokenizer, text)
 
 
 @router.post("/completions", response_model=None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from fastapi.testclient import TestClient
 
 from app.api.app import create_app
@@ -55,5 +57,17 @@ def test_keys_are_checked_before_the_gate() -> None:
 def test_declared_large_body_is_refused_before_reading_it() -> None:
     _, client = app_without_model(max_body_bytes=2048)
     response = client.post("/v1/completions", content=b"x" * 4096, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "request_too_large"
+
+
+def test_streamed_large_body_is_refused_with_the_same_error() -> None:
+    _, client = app_without_model(max_body_bytes=2048)
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(4):
+            yield b"x" * 1024
+
+    response = client.post("/v1/completions", content=chunks(), headers={"content-type": "application/json"})
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "request_too_large"
