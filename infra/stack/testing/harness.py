@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import runpy
 from collections.abc import Callable, Iterable, Mapping
@@ -95,6 +96,15 @@ def stack_config(
     return config, sorted(secret_values)
 
 
+def _ensure_event_loop() -> None:
+    """pulumi.runtime.test runs on the thread's current event loop; code that ran asyncio.run() before (another
+    test, a tool) leaves the main thread without one."""
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+
+
 def run_program(
     config: Mapping[str, str],
     *,
@@ -109,6 +119,7 @@ def run_program(
     Exceptions it raises (e.g. `pulumi.RunError`) propagate.
     """
     mocks = mocks or RecordingMocks(region=config.get("aws:region", "us-west-2"))
+    _ensure_event_loop()
     ROOT.set(None)
     pulumi.runtime.set_all_config(dict(config), list(secret_keys))
     pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False)

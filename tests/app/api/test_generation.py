@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
 
 import pytest
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.api import generation
 from app.api.errors import APIError
+
+T = TypeVar("T")
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run on a private loop: run() would leave the main thread without a current loop, which the Pulumi
+    mock runtime in other tests of the same session relies on."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:
+        loop.close()
 
 
 async def lines(*items: str) -> AsyncIterator[str]:
@@ -20,7 +33,7 @@ async def lines(*items: str) -> AsyncIterator[str]:
 
 def test_a_stream_that_fails_before_its_first_token_answers_503() -> None:
     error = generation.sse({"error": {"message": "boom", "type": "server_error", "param": None, "code": "x"}})
-    response = asyncio.run(generation.event_stream(lines(error, generation.SSE_DONE), preamble="role\n\n"))
+    response = run(generation.event_stream(lines(error, generation.SSE_DONE), preamble="role\n\n"))
     assert isinstance(response, JSONResponse)
     assert response.status_code == 503
     assert json.loads(bytes(response.body))["error"]["message"] == "boom"
@@ -32,7 +45,7 @@ def test_a_stream_starts_with_its_preamble_then_the_first_token() -> None:
         assert isinstance(response, StreamingResponse)
         return [str(chunk) async for chunk in response.body_iterator]
 
-    assert asyncio.run(collect()) == ["role\n\ndata: 1\n\n", generation.SSE_DONE]
+    assert run(collect()) == ["role\n\ndata: 1\n\n", generation.SSE_DONE]
 
 
 def test_an_empty_prompt_is_refused() -> None:
