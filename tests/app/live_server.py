@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import openai
 
 MODEL = "deepseek-r1-distill-tiny"
 REPO = Path(__file__).resolve().parents[2]
@@ -98,3 +100,34 @@ def running(args: list[str], cache: Path, log: Path, env: dict[str, str] | None 
         yield server
     finally:
         stop(server)
+
+
+# ----- calling it -----
+
+
+def client(server: LiveServer, key: str = "unused") -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def chat(server: LiveServer, **body: object) -> httpx.Response:
+    payload = {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4, **body}
+    # json.dumps escapes non-ASCII, so even a lone surrogate travels as a valid JSON escape (\ud800).
+    content = json.dumps(payload)
+    headers = {"content-type": "application/json"}
+    return httpx.post(f"{server.base_url}/v1/chat/completions", content=content, headers=headers, timeout=60)
+
+
+# A stream that outlasts any test: it ends only when the client or the server ends it.
+LONG_STREAM = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": "long"}],
+    "max_tokens": 3000,
+    "ignore_eos": True,
+    "stream": True,
+}
+
+
+def until_first_text(lines: Iterator[str]) -> None:
+    """Read a stream's lines up to its first generated text (the request is then in the running batch)."""
+    while '"content":"' not in (line := next(lines)) or '"content":""' in line:
+        pass

@@ -1,52 +1,22 @@
-"""The server as a user meets it: a real `python -m app` process called with the official openai client."""
+"""The server as a user meets it: a real `python -m app` process called with the official openai client.
+
+One server with default settings serves every test here; tests that need other settings, or that stop the
+server, are in test_server_lifecycle.py."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
-import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.app.live_server import MODEL, LiveServer, running, start, stop, wait_ready
+from tests.app.live_server import LONG_STREAM, MODEL, LiveServer, chat, client, until_first_text
 
 pytestmark = pytest.mark.slow
-
-
-def client(server: LiveServer, key: str = "unused") -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0, timeout=60)
-
-
-def chat(server: LiveServer, **body: object) -> httpx.Response:
-    payload = {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4, **body}
-    # json.dumps escapes non-ASCII, so even a lone surrogate travels as a valid JSON escape (\ud800).
-    content = json.dumps(payload)
-    headers = {"content-type": "application/json"}
-    return httpx.post(f"{server.base_url}/v1/chat/completions", content=content, headers=headers, timeout=60)
-
-
-# A stream that outlasts any test: it ends only when the client or the server ends it.
-LONG_STREAM = {
-    "model": MODEL,
-    "messages": [{"role": "user", "content": "long"}],
-    "max_tokens": 3000,
-    "ignore_eos": True,
-    "stream": True,
-}
-
-
-def until_first_text(lines: Iterator[str]) -> None:
-    """Read a stream's lines up to its first generated text (the request is then in the running batch)."""
-    while '"content":"' not in (line := next(lines)) or '"content":""' in line:
-        pass
 
 
 # ----- the OpenAI API through the official client -----
@@ -329,115 +299,6 @@ def test_disconnected_plain_request_is_cancelled(server: LiveServer) -> None:
     server.wait_for_metric("deepseek_num_requests_running", 0, timeout=5)
 
 
-# ----- servers started with other settings -----
-
-
-def test_api_keys_guard_v1_but_not_operations(model_cache: Path, tmp_path: Path) -> None:
-    with running([], model_cache, tmp_path / "log", env={"API_KEYS": "key-one, key-two"}) as server:
-        with pytest.raises(openai.AuthenticationError):
-            client(server, key="wrong").models.list()
-        missing = httpx.get(f"{server.base_url}/v1/models")
-        assert missing.status_code == 401
-        assert missing.json()["error"]["code"] == "invalid_api_key"
-        assert [m.id for m in client(server, key="key-two").models.list().data] == [MODEL]
-        for path in ("/healthz", "/readyz", "/metrics"):
-            assert httpx.get(f"{server.base_url}{path}").status_code == 200
-
-
-def test_full_queue_answers_429_with_retry_after(model_cache: Path, tmp_path: Path) -> None:
-    args = ["--max-batch-size", "1", "--max-queue", "1"]
-    with running(args, model_cache, tmp_path / "log") as server:
-        streams = []
-        try:
-            for _ in range(2):  # one running, one waiting
-                context = httpx.stream(
-                    "POST",
-                    f"{server.base_url}/v1/chat/completions",
-                    json=LONG_STREAM,
-                    timeout=60,
-                )
-                response = context.__enter__()
-                streams.append(context)
-                assert response.status_code == 200
-            refused = chat(server)
-            assert refused.status_code == 429
-            assert refused.headers["retry-after"] == "1"
-            assert refused.json()["error"]["type"] == "rate_limit_error"
-        finally:
-            for context in streams:
-                context.__exit__(None, None, None)
-        server.wait_for_metric("deepseek_num_requests_running", 0, timeout=10)
-        assert chat(server).status_code == 200
-
-
-def test_sigterm_drains_a_stream_in_flight_then_exits_zero(model_cache: Path, tmp_path: Path) -> None:
-    server = start(["--drain-timeout", "20"], model_cache, tmp_path / "log")
-    try:
-        wait_ready(server)
-        payload = {
-            "model": MODEL,
-            "messages": [{"role": "user", "content": "x"}],
-            "max_tokens": 200,
-            "ignore_eos": True,
-            "stream": True,
-        }
-        received: list[str] = []
-
-        def read_stream() -> None:
-            with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=payload, timeout=60) as response:
-                received.extend(line for line in response.iter_lines() if line)
-
-        reader = threading.Thread(target=read_stream)
-        reader.start()
-        server.wait_for_metric("deepseek_num_requests_running", 1, timeout=10)
-        server.process.send_signal(signal.SIGTERM)
-        time.sleep(0.2)
-        ready = httpx.get(f"{server.base_url}/readyz")
-        assert ready.status_code == 503
-        assert ready.json()["status"] == "draining"
-        refused = chat(server)
-        assert refused.status_code == 503
-        assert refused.json()["error"]["code"] == "draining"
-        reader.join(timeout=60)
-        assert received[-1] == "data: [DONE]"
-        usage_free = [json.loads(line[6:]) for line in received[1:-1]]
-        assert usage_free[-1]["choices"][0]["finish_reason"] == "length"
-        assert server.process.wait(timeout=30) == 0
-    finally:
-        stop(server)
-    assert '"drain_finished"' in server.logs()
-
-
-def test_unloadable_model_exits_1_with_one_line(model_cache: Path, tmp_path: Path) -> None:
-    server = start(["--model", str(tmp_path / "missing")], model_cache, tmp_path / "log")
-    assert server.process.wait(timeout=60) == 1
-    logs = server.logs()
-    assert "no such directory" in logs
-    assert "Traceback" not in logs
-
-
-def test_engine_crash_fails_streams_cleanly_and_liveness(model_cache: Path, tmp_path: Path) -> None:
-    with running([], model_cache, tmp_path / "log") as server:
-        children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()
-        # The engine is the spawned child (the other one, if any, is multiprocessing's resource tracker).
-        engines = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
-        assert len(engines) == 1
-        with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=LONG_STREAM, timeout=60) as response:
-            lines = response.iter_lines()
-            until_first_text(lines)
-            os.kill(int(engines[0]), signal.SIGKILL)
-            rest = [line for line in lines if line]
-        assert rest[-1] == "data: [DONE]"
-        error = json.loads(rest[-2][6:])["error"]
-        assert error["code"] == "engine_error"
-        assert "engine process exited" in error["message"]
-        health = httpx.get(f"{server.base_url}/healthz")
-        assert health.status_code == 503
-        refused = chat(server)
-        assert refused.status_code == 503
-        assert refused.json()["error"]["code"] == "unavailable"
-
-
 # ----- inputs found by review that once took the engine down or leaked a 500 -----
 
 
@@ -480,21 +341,4 @@ def test_plain_request_whose_client_leaves_is_logged_499(server: LiveServer) -> 
     time.sleep(0.2)
     statuses = [json.loads(line).get("status") for line in server.logs().splitlines() if '"path": "/v1/chat' in line]
     assert statuses[-1] == 499
-    assert "Traceback" not in server.logs()
-
-
-def test_drain_timeout_ends_streams_with_an_error_event(model_cache: Path, tmp_path: Path) -> None:
-    server = start(["--drain-timeout", "1"], model_cache, tmp_path / "log")
-    try:
-        wait_ready(server)
-        with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=LONG_STREAM, timeout=60) as response:
-            lines = response.iter_lines()
-            until_first_text(lines)
-            server.process.send_signal(signal.SIGTERM)
-            rest = [line for line in lines if line]
-        assert rest[-1] == "data: [DONE]"
-        assert "drain timeout" in json.loads(rest[-2][6:])["error"]["message"]
-        assert server.process.wait(timeout=30) == 0
-    finally:
-        stop(server)
     assert "Traceback" not in server.logs()
