@@ -65,10 +65,6 @@ class Runtime:
         self._loader = threading.Thread(target=self._load, args=(loop,), name="model-loader", daemon=True)
         self._loader.start()
 
-    def wait_loaded(self, timeout: float | None = None) -> None:
-        if self._loader is not None:
-            self._loader.join(timeout)
-
     def _load(self, loop: asyncio.AbstractEventLoop) -> None:
         def progress(message: str) -> None:
             logger.info(message, extra={"event": "model_load"})

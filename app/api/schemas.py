@@ -170,12 +170,6 @@ class CompletionRequest(_GenerationRequest):
         return self.max_tokens
 
 
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"

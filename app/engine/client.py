@@ -164,10 +164,6 @@ class EngineClient:
             if not request.finished:
                 self._forget(request, cancel=True)
 
-    async def generate(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:
-        async for event in self.stream(self.submit(prompt, params)):
-            yield event
-
     def _forget(self, request: Request, cancel: bool) -> None:
         request.finished = True
         if self._requests.pop(request.request_id, None) is not None and cancel:

@@ -40,13 +40,16 @@ class IncrementalText:
         self._read_offset = len(self._tokens)
         return self._release()
 
+    def _stop_index(self) -> int:
+        """Where the first stop string starts in the pending text, or -1."""
+        return min((i for i in (self._pending.find(s) for s in self._stop) if i >= 0), default=-1)
+
     def _release(self) -> str:
-        if self._stop:
-            cut = min((i for i in (self._pending.find(s) for s in self._stop) if i >= 0), default=-1)
-            if cut >= 0:
-                self.stopped = True
-                text, self._pending = self._pending[:cut], ""
-                return text
+        cut = self._stop_index()
+        if cut >= 0:
+            self.stopped = True
+            text, self._pending = self._pending[:cut], ""
+            return text
         if self._hold == 0 or not self._stop:
             text, self._pending = self._pending, ""
             return text
@@ -72,10 +75,7 @@ class IncrementalText:
         tail = current[len(previous) :] if len(current) > len(previous) else ""
         self._prefix_offset = self._read_offset = len(self._tokens)
         self._pending += tail
-        text = self._pending
-        cut = min((i for i in (text.find(s) for s in self._stop) if i >= 0), default=-1)
-        if cut >= 0:
-            self.stopped = True
-            text = text[:cut]
-        self._pending = ""
+        cut = self._stop_index()
+        self.stopped = cut >= 0
+        text, self._pending = (self._pending[:cut] if self.stopped else self._pending), ""
         return text

@@ -11,7 +11,6 @@ GREEDY_BELOW = 1e-4
 class FinishReason(StrEnum):
     STOP = "stop"  # end-of-sequence token or a stop string
     LENGTH = "length"  # max_tokens reached
-    CANCELLED = "cancelled"  # the client went away; never shown to a client
     ERROR = "error"  # the engine failed; the API turns it into an error response
 
 
