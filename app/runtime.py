@@ -41,7 +41,6 @@ class Runtime:
         self.load_error: str | None = None
         self.draining = False
         self.in_flight = 0  # /v1 requests being served (the drain waits for 0)
-        self.arriving = 0  # generation requests being parsed, not yet handed to the engine
         self._engine: EngineClient | None = None
         self._loader: threading.Thread | None = None
         self._closed = False

@@ -9,9 +9,7 @@ A second SIGINT exits at once.
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import sys
 import time
 from types import FrameType
 
@@ -76,9 +74,6 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(settings: Settings) -> int:
-    # The engine thread and the HTTP event loop share the GIL. Python's default 5 ms switch interval lets a
-    # decode step starve request parsing and token delivery; 1 ms keeps first-token latency low under load.
-    sys.setswitchinterval(float(os.environ.get("PY_SWITCH_INTERVAL", "0.001")))
     runtime = Runtime(settings)
     config = uvicorn.Config(
         create_app(runtime),

@@ -10,13 +10,15 @@ from app.api.errors import APIError
 from app.runtime import Runtime, Served
 
 
-def get_runtime(request: Request) -> Runtime:
+# Async although they do no I/O: FastAPI runs a plain `def` dependency in its thread pool, and that hop (with the
+# interpreter lock to win back from the event loop) cost every request more than the whole route.
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
 
-def get_served(request: Request) -> Served:
-    served = get_runtime(request).served
+async def get_served(request: Request) -> Served:
+    served = (await get_runtime(request)).served
     if served is None:  # the gate middleware already refuses this; kept so handlers can trust the type
         raise APIError(503, "the model is still loading; retry shortly", type="server_error", code="loading")
     return served

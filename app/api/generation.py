@@ -68,15 +68,9 @@ def completion_budget(
     return requested
 
 
-def submit(
-    runtime: Runtime, engine: EngineClient, request: Request, prompt: list[int], params: SamplingParams
-) -> EngineRequest:
-    # Other generation requests are being parsed right now: a burst is arriving, and the engine may wait for it.
-    more_coming = runtime.arriving > 1
-    if request.scope.get("state", {}).pop("arriving", False):
-        runtime.arriving -= 1
+def submit(runtime: Runtime, engine: EngineClient, prompt: list[int], params: SamplingParams) -> EngineRequest:
     try:
-        return engine.submit(prompt, params, more_coming)
+        return engine.submit(prompt, params)
     except QueueFullError:
         raise APIError(
             429,

@@ -20,7 +20,6 @@ from app.runtime import Runtime
 logger = logging.getLogger("app.access")
 
 API_PREFIX = "/v1/"
-GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
 
 
 class AccessLogMiddleware:
@@ -184,13 +183,7 @@ class GateMiddleware:
             await error_response(refusal)(scope, receive, send)
             return
         runtime.in_flight += 1
-        generating = scope["method"] == "POST" and scope["path"] in GENERATION_PATHS
-        if generating:
-            runtime.arriving += 1  # until it reaches the engine (see generation.submit) or ends without doing so
-            scope.setdefault("state", {})["arriving"] = True
         try:
             await self.app(scope, receive, send)
         finally:
             runtime.in_flight -= 1
-            if generating and scope["state"].pop("arriving", False):
-                runtime.arriving -= 1

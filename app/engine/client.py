@@ -8,12 +8,10 @@ cancelled in the engine, freeing its batch slot at the next step.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import multiprocessing
-import queue
-import threading
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -22,6 +20,7 @@ from typing import Any
 
 from app.engine.text import Decoder, IncrementalText
 from app.engine.types import EngineDeadError, FinishReason, QueueFullError, SamplingParams, TokenEvent
+from app.engine.wire import BlockingReader, FrameDecoder, LoopReader, LoopWriter
 from app.engine.worker import WorkerSpec, run_worker
 from app.model.loader import ModelLoadError
 
@@ -62,11 +61,12 @@ class EngineClient:
         self._observer = observer or EngineObserver()
         self._requests: dict[int, Request] = {}
         self._ids = itertools.count()
-        self._outbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._process: multiprocessing.process.BaseProcess | None = None
-        self._to_engine: Connection | None = None
-        self._from_engine: Connection | None = None
+        self._pipes: tuple[Connection, Connection] | None = None
+        self._writer: LoopWriter | None = None  # set once the event loop owns the pipes
+        self._reader: LoopReader | None = None
+        self._early: list[tuple[Any, ...]] = []
         self.failure: str | None = None
         self.description = ""
         self.context_length = 0
@@ -76,6 +76,11 @@ class EngineClient:
 
     def start(self, loop: asyncio.AbstractEventLoop, progress: Callable[[str], None]) -> None:
         self._loop = loop
+        # libgomp's threads spin for milliseconds after each parallel region before they sleep. After a prefill on
+        # every core, that spin takes the core the HTTP process needs to deliver the first tokens (measured: ~9 ms
+        # of CPU burnt after each large prefill, and a 3-4 ms later first token). 20,000 spins still bridge the
+        # microseconds between one operator and the next. Read when the engine process loads torch.
+        os.environ.setdefault("GOMP_SPINCOUNT", "20000")
         context = multiprocessing.get_context("spawn")  # never fork a process that already runs threads
         engine_inbox, to_engine = context.Pipe(duplex=False)
         from_engine, engine_outbox = context.Pipe(duplex=False)
@@ -85,11 +90,14 @@ class EngineClient:
         self._process.start()
         engine_inbox.close()
         engine_outbox.close()
-        self._to_engine, self._from_engine = to_engine, from_engine
+        self._pipes = (to_engine, from_engine)  # they own the descriptors below
+        reader = BlockingReader(from_engine.fileno())
         while True:
             try:
-                message = from_engine.recv()
+                message = reader.recv()
             except (EOFError, OSError):
+                if self._closing:
+                    return  # shut down while loading
                 raise ModelLoadError(
                     f"the engine process exited while loading (exit code {self._exit_code()})"
                 ) from None
@@ -100,15 +108,33 @@ class EngineClient:
             elif message[0] == "ready":
                 self.description, self.context_length = message[1], message[2]
                 break
-        threading.Thread(target=self._send_forever, name="engine-send", daemon=True).start()
-        threading.Thread(target=self._receive_forever, name="engine-receive", daemon=True).start()
+        loop.call_soon_threadsafe(self._attach, to_engine.fileno(), from_engine.fileno(), reader.leftover())
+
+    def _attach(self, write_fd: int, read_fd: int, decoder: FrameDecoder) -> None:
+        """From now on the event loop moves the messages (see wire.py): runs on the loop."""
+        if self._closing:
+            return
+        loop = self._on_loop()
+        self._writer = LoopWriter(loop, write_fd)
+        self._reader = LoopReader(loop, read_fd, self._on_message, self._on_pipe_closed, decoder)
+        for message in self._early:  # submitted between "ready" and now
+            self._writer.send(message)
+        self._early.clear()
 
     def close(self) -> None:
+        """Stop the engine: closing its inbox tells it to exit (it finishes no step for anybody any more)."""
+        if self._closing:
+            return
         self._closing = True
         if self._process is None:
             return
-        self._outbox.put(("stop",))
-        self._outbox.put(None)
+        if self._writer is not None and self._reader is not None:  # on the loop, which owns the pipes now
+            self._writer.close()
+            self._reader.close()
+            for pipe in self._pipes or ():
+                pipe.close()
+        else:  # still loading: there is nothing to finish
+            self._process.terminate()
         self._process.join(timeout=10)
         if self._process.is_alive():
             self._process.terminate()
@@ -130,18 +156,15 @@ class EngineClient:
 
     # ----- requests (event loop) -----
 
-    def submit(self, prompt: list[int], params: SamplingParams, more_coming: bool = False) -> Request:
-        """Queue a request, or raise QueueFullError when --max-queue requests already wait for a batch slot.
-
-        `more_coming`: other requests are being parsed right now and will follow within milliseconds; an idle
-        engine then waits briefly for them, so a burst is prefilled as one group."""
+    def submit(self, prompt: list[int], params: SamplingParams) -> Request:
+        """Queue a request, or raise QueueFullError when --max-queue requests already wait for a batch slot."""
         if not self.alive:
             raise EngineDeadError(self.failure or "the engine is not running")
         if len(self._requests) >= self._capacity:
             raise QueueFullError(f"{len(self._requests)} requests are already in the engine")
         request = Request(next(self._ids), IncrementalText(self._tokenizer, params.stop))
         self._requests[request.request_id] = request
-        self._outbox.put(("add", request.request_id, prompt, params, more_coming))
+        self._send(("add", request.request_id, prompt, params))
         return request
 
     async def stream(self, request: Request) -> AsyncIterator[TokenEvent]:
@@ -167,7 +190,7 @@ class EngineClient:
     def _forget(self, request: Request, cancel: bool) -> None:
         request.finished = True
         if self._requests.pop(request.request_id, None) is not None and cancel:
-            self._outbox.put(("cancel", request.request_id))
+            self._send(("cancel", request.request_id))
 
     def _finish(self, request: Request, event: TokenEvent, cancel_in_engine: bool = False) -> None:
         request.events.put_nowait(event)
@@ -218,31 +241,25 @@ class EngineClient:
         for request in list(self._requests.values()):
             self._finish(request, TokenEvent("", request.generated, FinishReason.ERROR, error=reason), True)
 
-    # ----- threads that move messages between the event loop and the pipes -----
+    # ----- the pipes, on the event loop -----
 
-    def _send_forever(self) -> None:
-        assert self._to_engine is not None
-        while (message := self._outbox.get()) is not None:
-            try:
-                self._to_engine.send(message)
-            except (OSError, ValueError):
-                return
-
-    def _receive_forever(self) -> None:
-        assert self._from_engine is not None and self._loop is not None
-        while True:
-            try:
-                message = self._from_engine.recv()
-            except (EOFError, OSError):
-                reason = f"the engine process exited (exit code {self._exit_code()})"
-                self._call(self._on_engine_lost, reason)
-                return
-            if message[0] == "step":
-                self._call(self._on_step, *message[1:])
-            elif message[0] == "failed_requests":
-                self._call(self._on_failed_requests, *message[1:])
-
-    def _call(self, function: Callable[..., None], *args: Any) -> None:
+    def _on_loop(self) -> asyncio.AbstractEventLoop:
         assert self._loop is not None
-        with contextlib.suppress(RuntimeError):  # the event loop has closed: the process is exiting
-            self._loop.call_soon_threadsafe(function, *args)
+        return self._loop
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        if self._closing:
+            return
+        if self._writer is None:
+            self._early.append(message)
+        else:
+            self._writer.send(message)
+
+    def _on_message(self, message: tuple[Any, ...]) -> None:
+        if message[0] == "step":
+            self._on_step(*message[1:])
+        elif message[0] == "failed_requests":
+            self._on_failed_requests(*message[1:])
+
+    def _on_pipe_closed(self) -> None:
+        self._on_engine_lost(f"the engine process exited (exit code {self._exit_code()})")

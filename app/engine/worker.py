@@ -2,12 +2,15 @@
 
 A separate process, as in vLLM's V1 engine core: model steps and the HTTP event loop no longer take turns on
 one interpreter lock, so request parsing and token streaming run on another core while the model computes.
-Messages are small tuples over two one-way pipes:
+Messages are small tuples over two one-way pipes (framing: wire.py):
 
-    API → engine   ("add", id, prompt_ids, SamplingParams, more_coming) | ("cancel", id) | ("stop",)
+    API → engine   ("add", id, prompt_ids, SamplingParams) | ("cancel", id); the pipe closing means stop
     engine → API   ("progress", text) | ("ready", description, context_length) | ("failed", text)
                    | ("step", [(id, token, finish, is_eos), ...], waiting, running, rows)
                    | ("failed_requests", [id, ...], reason)
+
+The engine steps as soon as it has work: a request that reaches an idle engine is prefilled at once, and a burst
+of clients overlaps its hand-over with that first prefill (see QUIET_S for how the rest of a burst is grouped).
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from app.engine.batch_loop import BatchLoop
 from app.engine.types import SamplingParams
+from app.engine.wire import BlockingReader, write_all
 from app.model.loader import ModelLoadError, WeightsSpec, load_weights
 
 logger = logging.getLogger(__name__)
@@ -48,23 +53,27 @@ def run_worker(inbox: Connection, outbox: Connection, spec: WorkerSpec) -> None:
     from app.logs import configure_logging
 
     configure_logging(spec.log_level)
+
+    def send(message: tuple[object, ...]) -> None:
+        write_all(outbox.fileno(), message)
+
     try:
-        weights = load_weights(spec.weights, lambda text: outbox.send(("progress", text)))
-        threads = cpu_threads() if weights.model.device.type == "cpu" else None
-        loop = BatchLoop(weights.model, weights.eos_token_ids, spec.max_batch_size, cpu_threads=threads)
-        _warm_up(loop)
-    except ModelLoadError as error:
-        outbox.send(("failed", str(error)))
-        return
-    except Exception as error:  # torch or transformers failed in a way we did not foresee: still one line
-        outbox.send(("failed", f"the model could not be loaded: {type(error).__name__}: {error}"))
-        return
-    gc.freeze()  # the model and libraries live as long as the process: keep the collector from walking them again
-    outbox.send(("ready", weights.description, weights.context_length))
-    try:
-        _serve(loop, inbox, outbox)
+        try:
+            weights = load_weights(spec.weights, lambda text: send(("progress", text)))
+            threads = cpu_threads() if weights.model.device.type == "cpu" else None
+            loop = BatchLoop(weights.model, weights.eos_token_ids, spec.max_batch_size, cpu_threads=threads)
+            _warm_up(loop)
+        except ModelLoadError as error:
+            send(("failed", str(error)))
+            return
+        except Exception as error:  # torch or transformers failed in a way we did not foresee: still one line
+            send(("failed", f"the model could not be loaded: {type(error).__name__}: {error}"))
+            return
+        gc.freeze()  # the model and libraries live as long as the process: keep the collector from walking them
+        send(("ready", weights.description, weights.context_length))
+        _serve(loop, BlockingReader(inbox.fileno()), send)
     except (EOFError, BrokenPipeError, OSError):
-        return  # the API process is gone: nothing left to serve
+        return  # the API process closed the pipes (shutdown) or is gone: nothing left to serve
 
 
 def _warm_up(loop: BatchLoop) -> None:
@@ -74,55 +83,38 @@ def _warm_up(loop: BatchLoop) -> None:
         loop.step()
 
 
-# When requests reach an idle engine while the HTTP process is still parsing others (it says so with each add),
-# wait for them — up to this long after each arrival, and no longer than the cap — so a burst of clients is
-# prefilled as one group instead of a lone request first and the rest one prefill later. A lone request is not
-# delayed at all. (Measured here: during a burst of 32 the HTTP process hands over a request every ~0.3 ms, with
-# gaps of over a millisecond when its threads trade the interpreter lock; all 32 arrive within ~12 ms.)
-ARRIVAL_WINDOW_S = 0.003
-ARRIVAL_CAP_S = 0.025
+# Requests that arrive while a step runs are prefilled together at the next step. When several came in meanwhile,
+# a burst of clients is probably still being handed over (the HTTP process parses one every ~0.3 ms, with gaps of
+# up to ~1.5 ms while it also streams tokens): the engine then waits until the pipe has been quiet this long, so
+# the burst's tail joins its group instead of waiting a whole prefill behind it. Never longer than the cap; a
+# request reaching an idle engine is not delayed at all.
+QUIET_S = 0.002
+GATHER_CAP_S = 0.010
 
 
-def _serve(loop: BatchLoop, inbox: Connection, outbox: Connection) -> None:
+def _serve(loop: BatchLoop, inbox: BlockingReader, send: Callable[[tuple[object, ...]], None]) -> None:
     reported = (0, 0)
     while True:
-        # Block while there is nothing to do; otherwise take whatever arrived and step at once.
-        was_idle = loop.idle
-        timeout: float | None = None if was_idle else 0.0
-        deadline = 0.0
-        burst = False
-        while inbox.poll(timeout):
-            message = inbox.recv()
-            kind = message[0]
-            if kind == "add":
-                more_coming = message[4]
-                try:
-                    loop.add(message[1], message[2], message[3])
-                except Exception as error:  # e.g. a seed torch cannot take: fail that request, not the engine
-                    outbox.send(("failed_requests", [message[1]], f"{type(error).__name__}: {error}"))
-            elif kind == "cancel":
-                loop.cancel(message[1])
-            elif kind == "stop":
-                return
-            timeout = 0.0
-            burst = burst or (was_idle and kind == "add" and more_coming)
-            if burst:  # keep waiting after each arrival: a straggler's hint may say "last" too early
-                now = time.monotonic()
-                deadline = deadline or now + ARRIVAL_CAP_S
-                timeout = max(0.0, min(ARRIVAL_WINDOW_S, deadline - now))
+        arrived = _take_messages(loop, inbox, send, 0.0)  # what came in during the last step
+        if arrived >= 2:
+            deadline = time.monotonic() + GATHER_CAP_S
+            while (left := deadline - time.monotonic()) > 0 and inbox.poll(min(QUIET_S, left)):
+                _take_messages(loop, inbox, send, 0.0)
+        elif loop.idle and (loop.waiting, loop.running) == reported:
+            _take_messages(loop, inbox, send, None)  # nothing to do or to report: sleep until a request comes
         try:
             outputs = loop.step()
         except Exception as error:
             # A step that raises (out of memory, a kernel error) leaves the batch in an unknown state: fail the
             # requests in it, log why, and keep serving new ones rather than taking the whole server down.
             logger.exception("engine step failed", extra={"event": "engine_step_failed"})
-            outbox.send(("failed_requests", loop.reset(), f"{type(error).__name__}: {error}"))
+            send(("failed_requests", loop.reset(), f"{type(error).__name__}: {error}"))
             outputs = []
         counts = (loop.waiting, loop.running)
         if outputs or counts != reported:  # a cancelled request changes the counts without producing a token
             reported = counts
             stats = loop.last
-            outbox.send(
+            send(
                 (
                     "step",
                     [(o.request_id, o.token, o.finish.value if o.finish else None, o.is_eos) for o in outputs],
@@ -133,3 +125,22 @@ def _serve(loop: BatchLoop, inbox: Connection, outbox: Connection) -> None:
             )
             if outputs and logger.isEnabledFor(logging.DEBUG):
                 logger.debug(stats.kind, extra={"rows": stats.rows, "ms": round(stats.seconds * 1000, 2)})
+
+
+def _take_messages(
+    loop: BatchLoop, inbox: BlockingReader, send: Callable[[tuple[object, ...]], None], timeout: float | None
+) -> int:
+    """Handle every message that is ready (waiting up to timeout for the first); return how many were adds."""
+    added = 0
+    while inbox.poll(timeout):
+        message = inbox.recv()
+        if message[0] == "add":
+            added += 1
+            try:
+                loop.add(message[1], message[2], message[3])
+            except Exception as error:  # e.g. a seed torch cannot take: fail that request, not the engine
+                send(("failed_requests", [message[1]], f"{type(error).__name__}: {error}"))
+        elif message[0] == "cancel":
+            loop.cancel(message[1])
+        timeout = 0.0
+    return added

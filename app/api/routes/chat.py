@@ -38,7 +38,7 @@ async def chat_completions(
     max_tokens = generation.completion_budget(
         len(prompt), body.requested_max_tokens, runtime.settings.max_model_len, default=None, prompt_field="messages"
     )
-    sequence = generation.submit(runtime, served.engine, request, prompt, body.sampling(max_tokens))
+    sequence = generation.submit(runtime, served.engine, prompt, body.sampling(max_tokens))
     request.state.prompt_tokens = len(prompt)
     request.state.stream = body.stream
     thinking = prompt_opens_reasoning(prompt_text)

@@ -45,7 +45,7 @@ async def completions(body: CompletionRequest, request: Request, runtime: Runtim
         default=DEFAULT_COMPLETION_TOKENS,
         prompt_field="prompt",
     )
-    sequence = generation.submit(runtime, served.engine, request, prompt, body.sampling(max_tokens))
+    sequence = generation.submit(runtime, served.engine, prompt, body.sampling(max_tokens))
     request.state.prompt_tokens = len(prompt)
     request.state.stream = body.stream
     completion_id, created = generation.new_id("cmpl"), generation.now()
