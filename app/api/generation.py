@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from app.api.errors import APIError, error_body
+from app.api.streaming import EventStreamResponse
 from app.engine.client import EngineClient
 from app.engine.client import Request as EngineRequest
 from app.engine.types import EngineDeadError, FinishReason, QueueFullError, SamplingParams
@@ -141,7 +142,7 @@ async def event_stream(lines: AsyncIterator[str], preamble: str = "") -> Respons
         async for line in iterator:
             yield line
 
-    return StreamingResponse(everything(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return EventStreamResponse(everything())
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:

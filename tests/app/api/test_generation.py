@@ -4,26 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from app.api import generation
 from app.api.errors import APIError
-
-T = TypeVar("T")
-
-
-def run(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run on a private loop: run() would leave the main thread without a current loop, which the Pulumi
-    mock runtime in other tests of the same session relies on."""
-    loop = asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(coroutine)
-    finally:
-        loop.close()
+from app.api.streaming import EventStreamResponse
+from tests.app.aio import run
 
 
 async def lines(*items: str) -> AsyncIterator[str]:
@@ -42,8 +32,18 @@ def test_a_stream_that_fails_before_its_first_token_answers_503() -> None:
 def test_a_stream_starts_with_its_preamble_then_the_first_token() -> None:
     async def collect() -> list[str]:
         response = await generation.event_stream(lines("data: 1\n\n", generation.SSE_DONE), preamble="role\n\n")
-        assert isinstance(response, StreamingResponse)
-        return [str(chunk) async for chunk in response.body_iterator]
+        assert isinstance(response, EventStreamResponse)
+        sent: list[Any] = []
+
+        async def receive() -> dict[str, Any]:
+            await asyncio.Event().wait()  # the client stays
+            raise AssertionError("unreachable")
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        await response({"type": "http"}, receive, send)
+        return [m["body"].decode() for m in sent if m["type"] == "http.response.body" and m["body"]]
 
     assert run(collect()) == ["role\n\ndata: 1\n\n", generation.SSE_DONE]
 

@@ -13,6 +13,7 @@ import pytest
 
 from app.engine.types import SamplingParams
 from app.engine.wire import BlockingReader, FrameDecoder, LoopReader, LoopWriter, frame, write_all
+from tests.app.aio import run
 
 MESSAGES: list[tuple[Any, ...]] = [
     ("add", 7, [1, 2, 3], SamplingParams(max_tokens=4, stop=("\n",))),
@@ -118,7 +119,7 @@ def test_loop_writer_never_blocks_on_a_full_pipe_and_keeps_the_order(pipe: tuple
         reader = BlockingReader(read_fd)
         return await asyncio.to_thread(lambda: [reader.recv() for _ in batches])
 
-    assert asyncio.run(scenario()) == batches
+    assert run(scenario()) == batches
 
 
 def test_loop_reader_delivers_messages_then_reports_the_writer_gone(pipe: tuple[int, int]) -> None:
@@ -138,7 +139,7 @@ def test_loop_reader_delivers_messages_then_reports_the_writer_gone(pipe: tuple[
         await asyncio.wait_for(closed.wait(), timeout=5)
         return received, closed.is_set()
 
-    assert asyncio.run(scenario()) == (MESSAGES, True)
+    assert run(scenario()) == (MESSAGES, True)
 
 
 def test_loop_writer_to_a_vanished_reader_drops_messages_quietly(pipe: tuple[int, int]) -> None:
@@ -151,4 +152,4 @@ def test_loop_writer_to_a_vanished_reader_drops_messages_quietly(pipe: tuple[int
         writer.send(MESSAGES[1])
         assert writer.buffered == 0
 
-    asyncio.run(scenario())
+    run(scenario())

@@ -1,0 +1,150 @@
+"""EventStreamResponse (app/api/streaming.py): the token stream's response, driven as uvicorn drives it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from starlette.types import Message
+
+from app.api.streaming import EventStreamResponse
+from tests.app.aio import run
+
+
+class Client:
+    """The ASGI side of one connection: records what the server sends; can leave at a chosen moment."""
+
+    def __init__(self) -> None:
+        self.sent: list[Message] = []
+        self.leave = asyncio.Event()
+        self.response_complete = asyncio.Event()
+
+    async def receive(self) -> dict[str, Any]:
+        # uvicorn answers "disconnect" when the client leaves, and also once the response is complete
+        leaving = asyncio.ensure_future(self.leave.wait())
+        complete = asyncio.ensure_future(self.response_complete.wait())
+        try:
+            await asyncio.wait({leaving, complete}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            leaving.cancel()
+            complete.cancel()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        self.sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            self.response_complete.set()
+
+    @property
+    def body(self) -> str:
+        return "".join(m["body"].decode() for m in self.sent if m["type"] == "http.response.body")
+
+
+class Generation:
+    """A line source that yields when told to, and records whether it was closed (the generation cancelled)."""
+
+    def __init__(self) -> None:
+        self.next_line: asyncio.Queue[str | None] = asyncio.Queue()
+        self.closed = False
+
+    async def lines(self) -> AsyncIterator[str]:
+        try:
+            while (line := await self.next_line.get()) is not None:
+                yield line
+        finally:
+            self.closed = True
+
+
+def test_headers_declare_an_event_stream_without_a_length() -> None:
+    async def scenario() -> list[tuple[bytes, bytes]]:
+        client = Client()
+        generation = Generation()
+        for line in ("data: 1\n\n", None):
+            generation.next_line.put_nowait(line)
+        await EventStreamResponse(generation.lines())({"type": "http"}, client.receive, client.send)
+        start = client.sent[0]
+        assert start["type"] == "http.response.start"
+        assert start["status"] == 200
+        return list(start["headers"])
+
+    headers = dict(run(scenario()))
+    assert headers[b"content-type"] == b"text/event-stream; charset=utf-8"
+    assert headers[b"cache-control"] == b"no-cache"
+    assert b"content-length" not in headers
+
+
+def test_lines_go_out_in_order_and_the_stream_ends() -> None:
+    async def scenario() -> tuple[list[Message], str, bool]:
+        client = Client()
+        generation = Generation()
+        response = asyncio.ensure_future(
+            EventStreamResponse(generation.lines())({"type": "http"}, client.receive, client.send)
+        )
+        for line in ("data: a\n\n", "data: b\n\n", "data: [DONE]\n\n"):
+            generation.next_line.put_nowait(line)
+            await asyncio.sleep(0.01)  # one at a time, as tokens come
+        generation.next_line.put_nowait(None)
+        await asyncio.wait_for(response, timeout=5)
+        return client.sent, client.body, generation.closed
+
+    sent, body, closed = run(scenario())
+    assert body == "data: a\n\ndata: b\n\ndata: [DONE]\n\n"
+    assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    assert closed
+
+
+def test_a_client_that_leaves_mid_stream_closes_the_generation_quietly() -> None:
+    async def scenario() -> tuple[str, bool, bool]:
+        client = Client()
+        generation = Generation()
+        response = asyncio.ensure_future(
+            EventStreamResponse(generation.lines())({"type": "http"}, client.receive, client.send)
+        )
+        generation.next_line.put_nowait("data: a\n\n")
+        await asyncio.sleep(0.01)
+        client.leave.set()  # and no more lines ever come: only the disconnect can end this
+        done, _ = await asyncio.wait({response}, timeout=2)
+        assert response in done
+        response.result()  # returns normally: nothing to report to anybody
+        return client.body, generation.closed, response.cancelled()
+
+    body, closed, cancelled = run(scenario())
+    assert body == "data: a\n\n"
+    assert closed  # EngineClient.stream's cleanup ran: the engine frees the slot
+    assert not cancelled
+
+
+def test_a_server_shutdown_cancellation_still_propagates() -> None:
+    async def scenario() -> bool:
+        client = Client()
+        generation = Generation()
+        response = asyncio.ensure_future(
+            EventStreamResponse(generation.lines())({"type": "http"}, client.receive, client.send)
+        )
+        await asyncio.sleep(0.01)
+        response.cancel()  # uvicorn cancelling the request task at shutdown
+        with pytest.raises(asyncio.CancelledError):
+            await response
+        return generation.closed
+
+    assert run(scenario())
+
+
+def test_a_failed_write_closes_the_generation_and_is_raised() -> None:
+    async def scenario() -> bool:
+        client = Client()
+        generation = Generation()
+        generation.next_line.put_nowait("data: a\n\n")
+
+        async def broken_send(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                raise OSError("connection reset")
+            await client.send(message)
+
+        with pytest.raises(OSError, match="reset"):
+            await EventStreamResponse(generation.lines())({"type": "http"}, client.receive, broken_send)
+        return generation.closed
+
+    assert run(scenario())  # the generation does not run on for a client nobody can write to
