@@ -69,7 +69,7 @@ class Metrics(EngineObserver):
         for gauge in (self._waiting, self._running, self._batch, self._loaded):
             gauge.labels(model_name).set(0)
 
-    # engine thread
+    # EngineObserver hooks, called on the event loop as steps arrive from the engine process
     def on_queue(self, waiting: int, running: int) -> None:
         self._waiting.labels(self._model).set(waiting)
         self._running.labels(self._model).set(running)

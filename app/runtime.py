@@ -78,6 +78,8 @@ class Runtime:
                 log_level=settings.log_level,
             )
             self._engine = EngineClient(spec, tokenizer, settings.max_queue, observer=self.metrics)
+            if self._closed:  # shut down before the engine was spawned (close() may not have seen it)
+                return
             self._engine.start(loop, progress)
         except ModelLoadError as error:
             self.load_error = str(error)
@@ -87,8 +89,7 @@ class Runtime:
             logger.error(self.load_error, extra={"event": "model_load_failed"})
             return
         assert self._engine is not None
-        if self._closed:
-            self._engine.close()
+        if self._closed:  # close() has stopped the engine (it was assigned before start)
             return
         # What was allocated so far lives as long as the process: freezing it keeps the collector from walking
         # it again, which otherwise stalls a busy server for tens of milliseconds at a time.

@@ -16,6 +16,7 @@ from types import FrameType
 import uvicorn
 
 from app.api.app import create_app
+from app.engine.client import prepare_environment
 from app.runtime import Runtime
 from app.settings import Settings
 
@@ -74,6 +75,7 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(settings: Settings) -> int:
+    prepare_environment()
     runtime = Runtime(settings)
     config = uvicorn.Config(
         create_app(runtime),

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,28 +120,30 @@ async def collect(engine: EngineClient, sequence: EngineRequest, request: Reques
     return outcome
 
 
-async def event_stream(lines: AsyncIterator[str], preamble: str = "") -> Response:
+async def event_stream(lines: AsyncGenerator[str, None], preamble: str = "") -> Response:
     """An SSE response that starts with the first generated text when it comes soon; `preamble` goes before it.
 
     Holding the headers back for up to FIRST_EVENT_WAIT_S lets a generation that fails before producing anything
     answer with a real status (503 and the error body) instead of a 200 stream carrying an error, and keeps the
     HTTP process quiet while a burst of requests is being prefilled. A request that waits longer in the queue gets
     its headers anyway, so proxies in front do not time out on it."""
-    iterator = aiter(lines)
-    first = asyncio.ensure_future(anext(iterator, None))
+    first = asyncio.ensure_future(anext(lines, None))
     await asyncio.wait({first}, timeout=FIRST_EVENT_WAIT_S)
     if first.done() and (line := first.result()) is not None and line.startswith('data: {"error"'):
         return JSONResponse(json.loads(line.removeprefix("data: ")), status_code=503)
 
     async def everything() -> AsyncIterator[str]:
-        try:
-            head = await first
-        except asyncio.CancelledError:
-            first.cancel()
-            raise
-        yield preamble + (head or "")
-        async for line in iterator:
-            yield line
+        # Closing this generator early (the client left) closes the lines, and with them the generation, now.
+        async with contextlib.aclosing(lines):
+            try:
+                head = await first
+            except asyncio.CancelledError:
+                first.cancel()
+                await asyncio.wait({first})  # it runs the lines generator, which must be idle to be closed
+                raise
+            yield preamble + (head or "")
+            async for line in lines:
+                yield line
 
     return EventStreamResponse(everything())
 
@@ -195,19 +198,20 @@ async def stream_chunks(
     on_text: Callable[[str, bool], list[dict[str, Any]]],
     on_finish: Callable[[FinishReason], dict[str, Any]],
     on_usage: Callable[[int], dict[str, Any]] | None,
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     """Turn engine events into SSE lines. `on_text(text, final)` makes the chunks for new text, `on_finish` the
     chunk carrying finish_reason, `on_usage` the usage chunk. Stops (and cancels) if the client goes away."""
-    async for event in engine.stream(sequence):
-        if event.error is not None:
-            request.state.status_override = 503
-            yield sse(error_body(f"generation failed: {event.error}", "server_error", code="engine_error"))
-            break
-        request.state.completion_tokens = event.completion_tokens
-        for chunk in on_text(event.text, event.finish_reason is not None):
-            yield sse(chunk)
-        if event.finish_reason is not None:
-            yield sse(on_finish(event.finish_reason))
-            if on_usage is not None:
-                yield sse(on_usage(event.completion_tokens))
+    async with contextlib.aclosing(engine.stream(sequence)) as events:
+        async for event in events:
+            if event.error is not None:
+                request.state.status_override = 503
+                yield sse(error_body(f"generation failed: {event.error}", "server_error", code="engine_error"))
+                break
+            request.state.completion_tokens = event.completion_tokens
+            for chunk in on_text(event.text, event.finish_reason is not None):
+                yield sse(chunk)
+            if event.finish_reason is not None:
+                yield sse(on_finish(event.finish_reason))
+                if on_usage is not None:
+                    yield sse(on_usage(event.completion_tokens))
     yield SSE_DONE

@@ -45,10 +45,13 @@ class EventStreamResponse(Response):
                 await send({"type": "http.response.body", "body": line.encode(), "more_body": True})
             state["finished"] = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if self.background is not None:  # FastAPI's BackgroundTasks, as Starlette's responses run them
+                await self.background()
         except asyncio.CancelledError:
-            if not state["client_gone"]:
-                raise  # the server is shutting down: let the cancellation through
-            writer.uncancel()  # the client left: this request is over, quietly
+            # The watcher's cancellation (the client left) is taken back: this request is over, quietly. Any other
+            # (the server shutting down, possibly at the same moment) goes on.
+            if not state["client_gone"] or writer.uncancel() > 0:
+                raise
         finally:
             watcher.cancel()
             await aclose(self._lines)

@@ -1,1 +1,1 @@
-"""The generation engine: continuous batching over a transformers causal LM, one background thread."""
+"""The generation engine: continuous batching over a transformers causal LM, in a process of its own."""

@@ -13,7 +13,7 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -72,73 +72,85 @@ class EngineClient:
         self.context_length = 0
         self._closing = False
 
-    # ----- lifecycle (start runs in a loader thread; it blocks until the engine is ready) -----
+    # ----- lifecycle -----
+    # start() runs in a loader thread and owns the pipes until it hands them to the event loop (_attach); close()
+    # runs on the event loop. The engine ignores SIGTERM (the API process drains first), so stopping it while it
+    # loads is a kill: there is nothing to finish.
 
     def start(self, loop: asyncio.AbstractEventLoop, progress: Callable[[str], None]) -> None:
+        """Spawn the engine and wait while it loads; returns quietly if close() is called meanwhile."""
         self._loop = loop
-        # libgomp's threads spin for milliseconds after each parallel region before they sleep. After a prefill on
-        # every core, that spin takes the core the HTTP process needs to deliver the first tokens (measured: ~9 ms
-        # of CPU burnt after each large prefill, and a 3-4 ms later first token). 20,000 spins still bridge the
-        # microseconds between one operator and the next. Read when the engine process loads torch.
-        os.environ.setdefault("GOMP_SPINCOUNT", "20000")
+        if self._closing:
+            return
         context = multiprocessing.get_context("spawn")  # never fork a process that already runs threads
         engine_inbox, to_engine = context.Pipe(duplex=False)
         from_engine, engine_outbox = context.Pipe(duplex=False)
-        self._process = context.Process(
+        process = context.Process(
             target=run_worker, args=(engine_inbox, engine_outbox, self._spec), name="engine", daemon=True
         )
-        self._process.start()
+        process.start()
         engine_inbox.close()
         engine_outbox.close()
-        self._pipes = (to_engine, from_engine)  # they own the descriptors below
+        self._pipes = (to_engine, from_engine)  # they own the descriptors
+        self._process = process
         reader = BlockingReader(from_engine.fileno())
-        while True:
-            try:
+        try:
+            while not self._closing:
                 message = reader.recv()
-            except (EOFError, OSError):
-                if self._closing:
-                    return  # shut down while loading
+                if message[0] == "progress":
+                    progress(message[1])
+                elif message[0] == "failed":
+                    raise ModelLoadError(message[1])
+                elif message[0] == "ready":
+                    self.description, self.context_length = message[1], message[2]
+                    break
+        except (EOFError, OSError):
+            if not self._closing:
                 raise ModelLoadError(
                     f"the engine process exited while loading (exit code {self._exit_code()})"
                 ) from None
-            if message[0] == "progress":
-                progress(message[1])
-            elif message[0] == "failed":
-                raise ModelLoadError(message[1])
-            elif message[0] == "ready":
-                self.description, self.context_length = message[1], message[2]
-                break
-        loop.call_soon_threadsafe(self._attach, to_engine.fileno(), from_engine.fileno(), reader.leftover())
+        if not self._closing:
+            try:
+                loop.call_soon_threadsafe(self._attach, reader.leftover())
+                return
+            except RuntimeError:  # the event loop has closed: the server is exiting
+                self._closing = True
+        _kill(process)
+        self._release_pipes()
 
-    def _attach(self, write_fd: int, read_fd: int, decoder: FrameDecoder) -> None:
-        """From now on the event loop moves the messages (see wire.py): runs on the loop."""
-        if self._closing:
+    def _attach(self, decoder: FrameDecoder) -> None:
+        """From now on the event loop moves the messages (see wire.py). Runs on the loop."""
+        if self._closing:  # closed between "ready" and now: the loop owns the pipes, and nobody needs them
+            self._release_pipes()
             return
+        assert self._pipes is not None
+        to_engine, from_engine = self._pipes
         loop = self._on_loop()
-        self._writer = LoopWriter(loop, write_fd)
-        self._reader = LoopReader(loop, read_fd, self._on_message, self._on_pipe_closed, decoder)
+        self._writer = LoopWriter(loop, to_engine.fileno())
+        self._reader = LoopReader(loop, from_engine.fileno(), self._on_message, self._on_pipe_closed, decoder)
         for message in self._early:  # submitted between "ready" and now
             self._writer.send(message)
         self._early.clear()
 
     def close(self) -> None:
-        """Stop the engine: closing its inbox tells it to exit (it finishes no step for anybody any more)."""
+        """Stop the engine. Runs on the event loop."""
         if self._closing:
             return
         self._closing = True
-        if self._process is None:
-            return
-        if self._writer is not None and self._reader is not None:  # on the loop, which owns the pipes now
+        process = self._process
+        if process is None:
+            return  # start() has not spawned it yet, and will not keep it
+        if self._writer is not None and self._reader is not None:
+            # Serving: closing its inbox tells the engine to exit after the step it is in.
             self._writer.close()
             self._reader.close()
-            for pipe in self._pipes or ():
-                pipe.close()
-        else:  # still loading: there is nothing to finish
-            self._process.terminate()
-        self._process.join(timeout=10)
-        if self._process.is_alive():
-            self._process.terminate()
-            self._process.join(timeout=5)
+            self._release_pipes()
+            process.join(timeout=10)
+        _kill(process)  # still loading (start() sees the pipe close and lets go), or stuck
+
+    def _release_pipes(self) -> None:
+        for pipe in self._pipes or ():
+            pipe.close()
 
     @property
     def alive(self) -> bool:
@@ -149,6 +161,7 @@ class EngineClient:
         return len(self._requests)
 
     def _exit_code(self) -> int | None:
+        """The engine's exit code, waiting a moment for it to be reaped (not on the event loop)."""
         if self._process is None:
             return None
         self._process.join(timeout=1)
@@ -167,7 +180,7 @@ class EngineClient:
         self._send(("add", request.request_id, prompt, params))
         return request
 
-    async def stream(self, request: Request) -> AsyncIterator[TokenEvent]:
+    async def stream(self, request: Request) -> AsyncGenerator[TokenEvent, None]:
         """Events of one submitted request; leaving early (client gone) cancels it and frees its slot.
 
         Events that piled up while the consumer was busy come out merged, so a slow reader gets fewer, larger
@@ -262,4 +275,21 @@ class EngineClient:
             self._on_failed_requests(*message[1:])
 
     def _on_pipe_closed(self) -> None:
-        self._on_engine_lost(f"the engine process exited (exit code {self._exit_code()})")
+        code = self._process.exitcode if self._process is not None else None  # no waiting on the event loop
+        self._on_engine_lost("the engine process exited" + (f" (exit code {code})" if code is not None else ""))
+
+
+def prepare_environment() -> None:
+    """Settings the engine process inherits. Call once at startup, before any other thread runs.
+
+    libgomp's threads spin for milliseconds after each parallel region before they sleep. After a prefill on every
+    core, that spin takes the core the HTTP process needs to deliver the first tokens (measured: ~9 ms of CPU burnt
+    after each large prefill, and first tokens 3-4 ms later). 20,000 spins still bridge the microseconds between
+    one operator and the next. Read when the engine process loads torch; a value set by the operator is kept."""
+    os.environ.setdefault("GOMP_SPINCOUNT", "20000")
+
+
+def _kill(process: multiprocessing.process.BaseProcess) -> None:
+    if process.is_alive():
+        process.kill()
+        process.join(timeout=5)

@@ -44,4 +44,4 @@ class QueueFullError(Exception):
 
 
 class EngineDeadError(Exception):
-    """The engine thread has stopped after a failure; the process should be restarted."""
+    """The engine process has stopped after a failure; the server should be restarted."""

@@ -1,9 +1,10 @@
 """Messages between the API process and the engine process: pickled tuples, each framed by its length.
 
 Both processes hold one end of two one-way pipes. The API process reads and writes its ends on its event loop
-(non-blocking, through asyncio pipe transports): no helper thread has to win the interpreter lock from a busy event
-loop before a request reaches the engine or a token reaches its stream, and a full pipe never blocks the loop
-(the transport buffers). The engine process reads and writes its ends with plain blocking calls between steps.
+(LoopReader, LoopWriter: non-blocking descriptors watched by the loop): no helper thread has to win the interpreter
+lock from a busy event loop before a request reaches the engine or a token reaches its stream, and a full pipe
+never blocks the loop (the writer keeps the rest, in order). The engine process reads and writes its ends with
+plain blocking calls between steps (BlockingReader, write_all).
 
 A frame is a 4-byte big-endian length followed by that many bytes of pickle.
 """
@@ -11,13 +12,17 @@ A frame is a 4-byte big-endian length followed by that many bytes of pickle.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import pickle
 import select
 import struct
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 _LENGTH = struct.Struct("!I")
 READ_SIZE = 1 << 16
@@ -57,25 +62,25 @@ class FrameDecoder:
 class BlockingReader:
     """The reading end of a pipe for a process without an event loop (the engine; the API process while loading).
 
-    `poll(timeout)` says whether a whole message is ready, waiting up to timeout seconds (None: for ever);
-    `recv()` returns the next one. Both raise EOFError once the other end has closed and nothing is left."""
+    `poll(timeout)` says whether a whole message is ready, waiting up to timeout seconds (None: as long as it
+    takes); part of a message never makes it wait longer. `recv()` returns the next message, waiting for it. Both
+    raise EOFError once the other end has closed and nothing is left."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self._decoder = FrameDecoder()
         self._ready: deque[tuple[Any, ...]] = deque()
+        self._poller = select.poll()
+        self._poller.register(fd, select.POLLIN)
 
     def poll(self, timeout: float | None = 0.0) -> bool:
-        if self._ready:
-            return True
-        readable, _, _ = select.select([self.fd], [], [], timeout)
-        while readable:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._ready:
+            wait_ms = None if deadline is None else max(0.0, deadline - time.monotonic()) * 1000
+            if not self._poller.poll(wait_ms):
+                return False
             self._read_once()
-            if self._ready:
-                return True
-            # Part of a message arrived; the writer sends the rest at once.
-            readable, _, _ = select.select([self.fd], [], [], None)
-        return False
+        return True
 
     def recv(self) -> tuple[Any, ...]:
         while not self._ready:
@@ -193,4 +198,7 @@ class LoopReader:
             self._on_closed()
             return
         for message in self._decoder.feed(data):
-            self._on_message(message)
+            try:
+                self._on_message(message)
+            except Exception:  # one message failing must not lose the others read with it
+                logger.exception("handling a message from the engine failed", extra={"event": "engine_message_failed"})

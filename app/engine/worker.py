@@ -84,10 +84,11 @@ def _warm_up(loop: BatchLoop) -> None:
 
 
 # Requests that arrive while a step runs are prefilled together at the next step. When several came in meanwhile,
-# a burst of clients is probably still being handed over (the HTTP process parses one every ~0.3 ms, with gaps of
-# up to ~1.5 ms while it also streams tokens): the engine then waits until the pipe has been quiet this long, so
-# the burst's tail joins its group instead of waiting a whole prefill behind it. Never longer than the cap; a
-# request reaching an idle engine is not delayed at all.
+# more than the batch already running, a burst of clients is probably still being handed over (the HTTP process
+# parses one every ~0.3 ms, with gaps of up to ~1.5 ms while it also streams tokens): the engine then waits until
+# the pipe has been quiet this long, so the burst's tail joins its group instead of waiting a whole prefill behind
+# it. The wait delays the running rows' next token, hence only when the newcomers outnumber them, and never longer
+# than the cap. A request reaching an idle engine is not delayed at all.
 QUIET_S = 0.002
 GATHER_CAP_S = 0.010
 
@@ -96,7 +97,7 @@ def _serve(loop: BatchLoop, inbox: BlockingReader, send: Callable[[tuple[object,
     reported = (0, 0)
     while True:
         arrived = _take_messages(loop, inbox, send, 0.0)  # what came in during the last step
-        if arrived >= 2:
+        if arrived >= 2 and arrived > loop.running:
             deadline = time.monotonic() + GATHER_CAP_S
             while (left := deadline - time.monotonic()) > 0 and inbox.poll(min(QUIET_S, left)):
                 _take_messages(loop, inbox, send, 0.0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
@@ -16,7 +16,7 @@ from app.api.streaming import EventStreamResponse
 from tests.app.aio import run
 
 
-async def lines(*items: str) -> AsyncIterator[str]:
+async def lines(*items: str) -> AsyncGenerator[str, None]:
     for item in items:
         yield item
 

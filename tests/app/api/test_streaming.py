@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from starlette.background import BackgroundTask
 from starlette.types import Message
 
 from app.api.streaming import EventStreamResponse
@@ -99,15 +100,22 @@ def test_a_client_that_leaves_mid_stream_closes_the_generation_quietly() -> None
     async def scenario() -> tuple[str, bool, bool]:
         client = Client()
         generation = Generation()
-        response = asyncio.ensure_future(
-            EventStreamResponse(generation.lines())({"type": "http"}, client.receive, client.send)
-        )
+        still_cancelling: list[int] = []
+
+        async def request_task() -> None:  # what uvicorn's task runs: the app, then its own bookkeeping
+            await EventStreamResponse(generation.lines())({"type": "http"}, client.receive, client.send)
+            task = asyncio.current_task()
+            assert task is not None
+            still_cancelling.append(task.cancelling())
+
+        response = asyncio.ensure_future(request_task())
         generation.next_line.put_nowait("data: a\n\n")
         await asyncio.sleep(0.01)
         client.leave.set()  # and no more lines ever come: only the disconnect can end this
         done, _ = await asyncio.wait({response}, timeout=2)
         assert response in done
         response.result()  # returns normally: nothing to report to anybody
+        assert still_cancelling == [0]  # the watcher's cancellation was taken back, not left to surprise callers
         return client.body, generation.closed, response.cancelled()
 
     body, closed, cancelled = run(scenario())
@@ -148,3 +156,38 @@ def test_a_failed_write_closes_the_generation_and_is_raised() -> None:
         return generation.closed
 
     assert run(scenario())  # the generation does not run on for a client nobody can write to
+
+
+def test_a_shutdown_at_the_moment_the_client_leaves_still_propagates() -> None:
+    async def scenario() -> bool:
+        client = Client()
+        generation = Generation()
+        response = asyncio.ensure_future(
+            EventStreamResponse(generation.lines())({"type": "http"}, client.receive, client.send)
+        )
+        await asyncio.sleep(0.01)
+        client.leave.set()  # the watcher will cancel the writer ...
+        response.cancel()  # ... and the server cancels it too, in the same loop iteration
+        with pytest.raises(asyncio.CancelledError):
+            await response
+        return generation.closed
+
+    assert run(scenario())
+
+
+def test_background_tasks_run_after_the_stream() -> None:
+    async def scenario() -> list[str]:
+        client = Client()
+        generation = Generation()
+        generation.next_line.put_nowait(None)
+        ran: list[str] = []
+
+        async def note() -> None:
+            ran.append("after " + client.body)
+
+        response = EventStreamResponse(generation.lines())
+        response.background = BackgroundTask(note)
+        await response({"type": "http"}, client.receive, client.send)
+        return ran
+
+    assert run(scenario()) == ["after "]

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -153,3 +154,37 @@ def test_loop_writer_to_a_vanished_reader_drops_messages_quietly(pipe: tuple[int
         assert writer.buffered == 0
 
     run(scenario())
+
+
+def test_part_of_a_message_does_not_make_poll_wait_past_its_timeout(pipe: tuple[int, int]) -> None:
+    read_fd, write_fd = pipe
+    data = frame(MESSAGES[0])
+    os.write(write_fd, data[:5])  # the rest is still in the API process's buffer
+    reader = BlockingReader(read_fd)
+    started = time.monotonic()
+    assert not reader.poll(0.05)
+    assert time.monotonic() - started < 2.0  # the engine goes back to decoding instead of waiting for the rest
+    os.write(write_fd, data[5:])
+    assert reader.poll(0.0)
+    assert reader.recv() == MESSAGES[0]
+
+
+def test_a_failing_handler_loses_only_its_own_message(pipe: tuple[int, int]) -> None:
+    read_fd, write_fd = pipe
+
+    async def scenario() -> list[tuple[Any, ...]]:
+        handled: list[tuple[Any, ...]] = []
+
+        def on_message(message: tuple[Any, ...]) -> None:
+            if message[0] == "cancel":
+                raise ValueError("a bug in one handler")
+            handled.append(message)
+
+        closed = asyncio.Event()
+        LoopReader(asyncio.get_running_loop(), read_fd, on_message, closed.set)
+        os.write(write_fd, b"".join(frame(m) for m in MESSAGES))  # all four arrive in one read
+        os.close(write_fd)
+        await asyncio.wait_for(closed.wait(), timeout=5)
+        return handled
+
+    assert run(scenario()) == [m for m in MESSAGES if m[0] != "cancel"]

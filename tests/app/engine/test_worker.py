@@ -1,8 +1,8 @@
 """The engine process's serving loop (app/engine/worker.py): when it steps, and which requests each step takes.
 
 The batch loop is replaced by a recorder whose steps take a set time; messages come through a real pipe from a
-thread that plays the HTTP process. The quiet window and cap are stretched so that scheduling noise on a busy CI
-machine cannot change the outcome.
+thread that plays the HTTP process and waits for the steps it needs to see begin. The quiet window and cap are
+stretched so that scheduling noise on a busy CI machine cannot change the outcome.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -19,9 +19,10 @@ import pytest
 from app.engine import worker
 from app.engine.batch_loop import StepOutput, StepStats
 from app.engine.types import SamplingParams
-from app.engine.wire import BlockingReader, frame, write_all
+from app.engine.wire import BlockingReader, write_all
 
 PARAMS = SamplingParams(max_tokens=1)
+Write = Callable[[tuple[Any, ...]], None]
 
 
 class RecordingLoop:
@@ -34,8 +35,14 @@ class RecordingLoop:
         self.waiting_ids: list[int] = []
         self.running_ids: dict[int, int] = {}  # request id -> decode steps left
         self.steps: list[tuple[float, list[int]]] = []  # (when the step started, the requests it took)
-        self.last = StepStats()
         self.calls = 0
+        self.last = StepStats()
+        self._step_started = threading.Condition()
+
+    def wait_for_steps(self, count: int) -> None:
+        """Block the caller (the fake HTTP process) until `count` steps with work have begun."""
+        with self._step_started:
+            assert self._step_started.wait_for(lambda: len(self.steps) >= count, timeout=10)
 
     @property
     def idle(self) -> bool:
@@ -68,7 +75,9 @@ class RecordingLoop:
             self.last = StepStats()
             return []
         taken, self.waiting_ids = self.waiting_ids, []
-        self.steps.append((time.monotonic(), taken))
+        with self._step_started:
+            self.steps.append((time.monotonic(), taken))
+            self._step_started.notify_all()
         time.sleep(self.step_s)
         rows = taken or list(self.running_ids)
         for request_id in taken:
@@ -79,6 +88,11 @@ class RecordingLoop:
                 del self.running_ids[request_id]
         self.last = StepStats("prefill" if taken else "decode", len(rows), self.step_s)
         return [StepOutput(request_id, 0, None) for request_id in rows]
+
+    @property
+    def groups(self) -> list[list[int]]:
+        """The requests each prefill took, in order."""
+        return [taken for _, taken in self.steps if taken]
 
 
 @pytest.fixture
@@ -91,138 +105,164 @@ def pipes() -> Iterator[tuple[int, int, int, int]]:
             os.close(fd)
 
 
-def serve(loop: RecordingLoop, pipes: tuple[int, int, int, int], feed: Any) -> list[tuple[Any, ...]]:
+def serve(loop: RecordingLoop, pipes: tuple[int, int, int, int], feed: Callable[[Write], None]) -> list[Any]:
     """Run the serving loop while `feed(write)` plays the HTTP process; return what the engine sent back."""
     inbox_read, inbox_write, outbox_read, outbox_write = pipes
     received: list[tuple[Any, ...]] = []
+    ended: list[BaseException] = []
+
+    def engine() -> None:
+        try:
+            worker._serve(loop, BlockingReader(inbox_read), lambda message: write_all(outbox_write, message))  # type: ignore[arg-type]
+        except BaseException as error:
+            ended.append(error)
+        finally:
+            os.close(outbox_write)
 
     def collect() -> None:
         reader = BlockingReader(outbox_read)
-        try:
+        with contextlib.suppress(EOFError):
             while True:
                 received.append(reader.recv())
-        except (EOFError, OSError):
-            pass
 
-    collector = threading.Thread(target=collect)
-    collector.start()
-
-    def http_process() -> None:
+    threads = [threading.Thread(target=engine), threading.Thread(target=collect)]
+    for thread in threads:
+        thread.start()
+    try:
         feed(lambda message: write_all(inbox_write, message))
+    finally:
         os.close(inbox_write)  # the API process closing the pipe means stop
-
-    feeder = threading.Thread(target=http_process)
-    feeder.start()
-    with pytest.raises(EOFError):
-        worker._serve(loop, BlockingReader(inbox_read), lambda message: write_all(outbox_write, message))  # type: ignore[arg-type]
-    feeder.join()
-    os.close(outbox_write)
-    collector.join()
+    for thread in threads:
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "the serving loop did not stop when its inbox closed"
+    assert len(ended) == 1
+    assert isinstance(ended[0], EOFError)
     return received
+
+
+def stretch(monkeypatch: pytest.MonkeyPatch, quiet_s: float, cap_s: float) -> None:
+    monkeypatch.setattr(worker, "QUIET_S", quiet_s)
+    monkeypatch.setattr(worker, "GATHER_CAP_S", cap_s)
 
 
 def test_a_request_reaching_an_idle_engine_is_stepped_at_once(
     pipes: tuple[int, int, int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(worker, "QUIET_S", 1.0)
-    monkeypatch.setattr(worker, "GATHER_CAP_S", 5.0)
+    stretch(monkeypatch, quiet_s=1.0, cap_s=5.0)
     loop = RecordingLoop(step_s=0.0)
     sent_at: list[float] = []
 
-    def feed(write: Any) -> None:
+    def feed(write: Write) -> None:
         sent_at.append(time.monotonic())
         write(("add", 1, [1, 2], PARAMS))
-        time.sleep(0.5)
+        loop.wait_for_steps(1)
 
     serve(loop, pipes, feed)
     (started, taken), *_ = loop.steps
     assert taken == [1]
-    assert started - sent_at[0] < 0.25  # far less than the (stretched) quiet window
+    assert started - sent_at[0] < 0.5  # far less than the (stretched) quiet window
 
 
 def test_a_burst_arriving_during_a_step_is_gathered_into_the_next_one(
     pipes: tuple[int, int, int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(worker, "QUIET_S", 0.3)
-    monkeypatch.setattr(worker, "GATHER_CAP_S", 10.0)
+    stretch(monkeypatch, quiet_s=0.3, cap_s=10.0)
     loop = RecordingLoop(step_s=0.2)
 
-    def feed(write: Any) -> None:
+    def feed(write: Write) -> None:
         write(("add", 0, [1], PARAMS))  # the first of the burst reaches an idle engine
-        time.sleep(0.05)
+        loop.wait_for_steps(1)
         for request_id in range(1, 21):  # the rest trickle in for ~0.6 s, well past the first step
             write(("add", request_id, [1], PARAMS))
             time.sleep(0.03)
-        time.sleep(0.6)
+        loop.wait_for_steps(2)
 
     received = serve(loop, pipes, feed)
-    assert [taken for _, taken in loop.steps if taken] == [[0], list(range(1, 21))]
+    assert loop.groups == [[0], list(range(1, 21))]
     assert [len(message[1]) for message in received] == [1, 20]  # one step message per step, a token per row
 
 
 def test_gathering_stops_at_the_cap_when_requests_never_stop_coming(
     pipes: tuple[int, int, int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(worker, "QUIET_S", 0.5)
-    monkeypatch.setattr(worker, "GATHER_CAP_S", 0.3)
+    stretch(monkeypatch, quiet_s=0.5, cap_s=0.3)
     loop = RecordingLoop(step_s=0.1)
 
-    def feed(write: Any) -> None:
+    def feed(write: Write) -> None:
         for request_id in range(40):  # one every 20 ms for 0.8 s: the pipe is never quiet for 0.5 s
             write(("add", request_id, [1], PARAMS))
             time.sleep(0.02)
 
     serve(loop, pipes, feed)
-    groups = [taken for _, taken in loop.steps if taken]
-    assert [request_id for group in groups for request_id in group] == list(range(40))
-    assert len(groups) >= 3  # the cap cut the stream into several steps instead of waiting for its end
+    assert [request_id for group in loop.groups for request_id in group] == list(range(40))
+    assert len(loop.groups) >= 3  # the cap cut the stream into several steps instead of waiting for its end
 
 
 def test_a_single_arrival_during_a_step_does_not_wait(
     pipes: tuple[int, int, int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(worker, "QUIET_S", 1.0)
-    monkeypatch.setattr(worker, "GATHER_CAP_S", 5.0)
+    stretch(monkeypatch, quiet_s=2.0, cap_s=5.0)
     loop = RecordingLoop(step_s=0.2)
 
-    def feed(write: Any) -> None:
+    def feed(write: Write) -> None:
         write(("add", 0, [1], PARAMS))
-        time.sleep(0.05)
+        loop.wait_for_steps(1)
         write(("add", 1, [1], PARAMS))  # arrives during the first step: steady traffic, not a burst
-        time.sleep(0.6)
+        loop.wait_for_steps(2)
 
     serve(loop, pipes, feed)
-    (first_at, first), (second_at, second), *_ = loop.steps
+    (first_at, first), (second_at, second) = loop.steps
     assert (first, second) == ([0], [1])
-    assert second_at - first_at < 0.2 + 0.5  # stepped right after the first step, no quiet window
+    assert second_at - first_at < 1.0  # stepped right after the first step, not after the 2 s quiet window
+
+
+def test_arrivals_that_do_not_outnumber_the_running_batch_do_not_hold_it_up(
+    pipes: tuple[int, int, int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stretch(monkeypatch, quiet_s=2.0, cap_s=5.0)
+    loop = RecordingLoop(step_s=0.1, decode_steps=10_000)  # a batch that keeps decoding
+
+    def feed(write: Write) -> None:
+        for request_id in range(4):
+            write(("add", request_id, [1], PARAMS))
+        loop.wait_for_steps(1)  # their prefill runs; four rows will be decoding after it
+        write(("add", 4, [1], PARAMS))
+        write(("add", 5, [1], PARAMS))  # two arrive meanwhile: fewer than the four they would hold up
+        loop.wait_for_steps(2)
+
+    serve(loop, pipes, feed)
+    assert loop.groups[:2] == [[0, 1, 2, 3], [4, 5]]
+    (first_at, _), (joined_at, _), *_ = loop.steps
+    assert joined_at - first_at < 1.0  # prefilled right after the first step, not after a 2 s quiet window
 
 
 def test_the_gather_also_takes_cancellations(pipes: tuple[int, int, int, int], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(worker, "QUIET_S", 0.3)
-    monkeypatch.setattr(worker, "GATHER_CAP_S", 10.0)
+    stretch(monkeypatch, quiet_s=1.0, cap_s=10.0)
     loop = RecordingLoop(step_s=0.2)
 
-    def feed(write: Any) -> None:
+    def feed(write: Write) -> None:
         write(("add", 0, [1], PARAMS))
-        time.sleep(0.05)
+        loop.wait_for_steps(1)
         for request_id in (1, 2, 3):
             write(("add", request_id, [1], PARAMS))
-        time.sleep(0.25)  # the first step is over; the engine is gathering
+        time.sleep(0.4)  # the first step is over; the engine is gathering (1 s quiet window)
         write(("cancel", 2))
-        time.sleep(0.6)
+        loop.wait_for_steps(2)
 
     serve(loop, pipes, feed)
-    assert [taken for _, taken in loop.steps if taken] == [[0], [1, 3]]
+    assert loop.groups == [[0], [1, 3]]
 
 
 def test_a_cancelled_last_request_is_reported_before_the_engine_sleeps(
     pipes: tuple[int, int, int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     loop = RecordingLoop(step_s=0.02, decode_steps=10_000)  # generates until cancelled
+    calls_at_cancel: list[int] = []
 
-    def feed(write: Any) -> None:
+    def feed(write: Write) -> None:
         write(("add", 0, [1], PARAMS))
-        time.sleep(0.2)
+        loop.wait_for_steps(3)
+        calls_at_cancel.append(loop.calls)
         write(("cancel", 0))  # the client went away
         time.sleep(0.3)
 
@@ -230,11 +270,4 @@ def test_a_cancelled_last_request_is_reported_before_the_engine_sleeps(
     counts = [(message[2], message[3]) for message in received]
     assert counts[0] == (0, 1)
     assert counts[-1] == (0, 0)  # the autoscaler's gauges must not stay at one running request
-    assert loop.calls < 0.2 / 0.02 + 5  # and then it slept instead of stepping an empty batch for 0.3 s
-
-
-def test_frames_are_what_the_engine_reads(pipes: tuple[int, int, int, int]) -> None:
-    """A guard for the fixture above: the engine's reader decodes what write_all sends."""
-    inbox_read, inbox_write, _, _ = pipes
-    os.write(inbox_write, frame(("cancel", 9)))
-    assert BlockingReader(inbox_read).recv() == ("cancel", 9)
+    assert loop.calls - calls_at_cancel[0] <= 3  # and then it slept instead of stepping an empty batch for 0.3 s
