@@ -92,6 +92,17 @@ def stop(server: LiveServer, timeout: float = 60) -> int:
     return server.process.returncode
 
 
+def engine_pids(server: LiveServer) -> list[int]:
+    """The engine process(es) the server spawned (multiprocessing's resource tracker is left out). Children are
+    listed per thread in /proc, and the engine is spawned from the model-loader thread."""
+    pids = []
+    for task in Path(f"/proc/{server.process.pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                pids.append(int(child))
+    return pids
+
+
 @contextmanager
 def running(args: list[str], cache: Path, log: Path, env: dict[str, str] | None = None) -> Iterator[LiveServer]:
     server = start(args, cache, log, env)

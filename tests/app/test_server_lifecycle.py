@@ -18,6 +18,7 @@ from tests.app.live_server import (
     MODEL,
     chat,
     client,
+    engine_pids,
     running,
     start,
     stop,
@@ -107,6 +108,25 @@ def test_sigterm_drains_a_stream_in_flight_then_exits_zero(model_cache: Path, tm
     assert '"drain_finished"' in server.logs()
 
 
+def test_sigterm_while_loading_exits_zero_at_once_and_leaves_no_engine(model_cache: Path, tmp_path: Path) -> None:
+    server = start([], model_cache, tmp_path / "log")
+    try:
+        deadline = time.monotonic() + 60
+        while '"model_load"' not in server.logs() or "loading weights" not in server.logs():
+            assert time.monotonic() < deadline, server.logs()
+            time.sleep(0.02)
+        engines = engine_pids(server)
+        assert len(engines) == 1  # the engine process is loading the weights now
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=30) == 0
+        assert time.monotonic() - started < 10  # not the 15 s an engine that ignores SIGTERM once cost
+        assert not Path(f"/proc/{engines[0]}").exists()  # killed and reaped, not left behind
+    finally:
+        stop(server)
+    assert "Traceback" not in server.logs()
+
+
 def test_unloadable_model_exits_1_with_one_line(model_cache: Path, tmp_path: Path) -> None:
     server = start(["--model", str(tmp_path / "missing")], model_cache, tmp_path / "log")
     assert server.process.wait(timeout=60) == 1
@@ -117,14 +137,12 @@ def test_unloadable_model_exits_1_with_one_line(model_cache: Path, tmp_path: Pat
 
 def test_engine_crash_fails_streams_cleanly_and_liveness(model_cache: Path, tmp_path: Path) -> None:
     with running([], model_cache, tmp_path / "log") as server:
-        children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()
-        # The engine is the spawned child (the other one, if any, is multiprocessing's resource tracker).
-        engines = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        engines = engine_pids(server)
         assert len(engines) == 1
         with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=LONG_STREAM, timeout=60) as response:
             lines = response.iter_lines()
             until_first_text(lines)
-            os.kill(int(engines[0]), signal.SIGKILL)
+            os.kill(engines[0], signal.SIGKILL)
             rest = [line for line in lines if line]
         assert rest[-1] == "data: [DONE]"
         error = json.loads(rest[-2][6:])["error"]
