@@ -124,7 +124,8 @@ def test_a_client_that_leaves_mid_stream_closes_the_generation_quietly() -> None
     assert not cancelled
 
 
-def test_a_server_shutdown_cancellation_still_propagates() -> None:
+@pytest.mark.parametrize("client_leaves_too", [False, True], ids=["shutdown", "shutdown-as-the-client-leaves"])
+def test_a_server_shutdown_cancellation_still_propagates(client_leaves_too: bool) -> None:
     async def scenario() -> bool:
         client = Client()
         generation = Generation()
@@ -132,6 +133,8 @@ def test_a_server_shutdown_cancellation_still_propagates() -> None:
             EventStreamResponse(generation.lines())({"type": "http"}, client.receive, client.send)
         )
         await asyncio.sleep(0.01)
+        if client_leaves_too:
+            client.leave.set()  # the watcher will cancel the writer as well, in the same loop iteration
         response.cancel()  # uvicorn cancelling the request task at shutdown
         with pytest.raises(asyncio.CancelledError):
             await response
@@ -156,23 +159,6 @@ def test_a_failed_write_closes_the_generation_and_is_raised() -> None:
         return generation.closed
 
     assert run(scenario())  # the generation does not run on for a client nobody can write to
-
-
-def test_a_shutdown_at_the_moment_the_client_leaves_still_propagates() -> None:
-    async def scenario() -> bool:
-        client = Client()
-        generation = Generation()
-        response = asyncio.ensure_future(
-            EventStreamResponse(generation.lines())({"type": "http"}, client.receive, client.send)
-        )
-        await asyncio.sleep(0.01)
-        client.leave.set()  # the watcher will cancel the writer ...
-        response.cancel()  # ... and the server cancels it too, in the same loop iteration
-        with pytest.raises(asyncio.CancelledError):
-            await response
-        return generation.closed
-
-    assert run(scenario())
 
 
 def test_background_tasks_run_after_the_stream() -> None:
