@@ -271,3 +271,22 @@ def test_a_cancelled_last_request_is_reported_before_the_engine_sleeps(
     assert counts[0] == (0, 1)
     assert counts[-1] == (0, 0)  # the autoscaler's gauges must not stay at one running request
     assert loop.calls - calls_at_cancel[0] <= 3  # and then it slept instead of stepping an empty batch for 0.3 s
+
+
+def test_warm_up_runs_the_lone_path_then_a_full_batch_joining_it(builtin_weights: Any) -> None:
+    from app.engine.batch_loop import BatchLoop
+
+    class Recorded(BatchLoop):
+        def __init__(self) -> None:
+            super().__init__(builtin_weights.model, builtin_weights.eos_token_ids, max_batch_size=8)
+            self.kinds: list[tuple[str, int]] = []
+
+        def step(self) -> list[StepOutput]:
+            outputs = super().step()
+            self.kinds.append((self.last.kind, self.last.rows))
+            return outputs
+
+    loop = Recorded()
+    worker._warm_up(loop, max_batch_size=8)
+    assert loop.idle
+    assert loop.kinds[:3] == [("prefill", 1), ("prefill", 7), ("decode", 8)]  # lone, group joining it, full batch
