@@ -80,17 +80,17 @@ class Runtime:
             self._engine = EngineClient(spec, tokenizer, settings.max_queue, observer=self.metrics)
             if self._closed:  # shut down before the engine was spawned (close() may not have seen it)
                 return
-            self._engine.start(loop, progress)
+            self._engine.start(loop, progress, ready=lambda: self._serve(tokenizer))
         except ModelLoadError as error:
             self.load_error = str(error)
         except Exception as error:  # anything else from torch/transformers: still one clear line, then exit
             self.load_error = f"the model could not be loaded: {type(error).__name__}: {error}"
         if self.load_error is not None:
             logger.error(self.load_error, extra={"event": "model_load_failed"})
-            return
+
+    def _serve(self, tokenizer: Any) -> None:
+        """On the event loop, once the engine's pipes are the loop's (never after close()): open the /v1 routes."""
         assert self._engine is not None
-        if self._closed:  # close() has stopped the engine (it was assigned before start)
-            return
         # What was allocated so far lives as long as the process: freezing it keeps the collector from walking
         # it again, which otherwise stalls a busy server for tens of milliseconds at a time.
         gc.freeze()

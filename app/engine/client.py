@@ -12,6 +12,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
@@ -66,33 +67,39 @@ class EngineClient:
         self._pipes: tuple[Connection, Connection] | None = None
         self._writer: LoopWriter | None = None  # set once the event loop owns the pipes
         self._reader: LoopReader | None = None
-        self._early: list[tuple[Any, ...]] = []
         self.failure: str | None = None
         self.description = ""
         self.context_length = 0
         self._closing = False
+        self._spawning = threading.Lock()
 
     # ----- lifecycle -----
     # start() runs in a loader thread and owns the pipes until it hands them to the event loop (_attach); close()
     # runs on the event loop. The engine ignores SIGTERM (the API process drains first), so stopping it while it
     # loads is a kill: there is nothing to finish.
 
-    def start(self, loop: asyncio.AbstractEventLoop, progress: Callable[[str], None]) -> None:
-        """Spawn the engine and wait while it loads; returns quietly if close() is called meanwhile."""
+    def start(
+        self, loop: asyncio.AbstractEventLoop, progress: Callable[[str], None], ready: Callable[[], None]
+    ) -> None:
+        """Spawn the engine and wait while it loads; returns quietly if close() is called meanwhile. Once the event
+        loop has taken the pipes, `ready` is called there: from then on requests may be submitted."""
         self._loop = loop
-        if self._closing:
-            return
         context = multiprocessing.get_context("spawn")  # never fork a process that already runs threads
         engine_inbox, to_engine = context.Pipe(duplex=False)
         from_engine, engine_outbox = context.Pipe(duplex=False)
         process = context.Process(
             target=run_worker, args=(engine_inbox, engine_outbox, self._spec), name="engine", daemon=True
         )
-        process.start()
+        with self._spawning:  # close() sees either no process (and none is spawned) or this one
+            if not self._closing:
+                process.start()
+                self._process = process
         engine_inbox.close()
         engine_outbox.close()
         self._pipes = (to_engine, from_engine)  # they own the descriptors
-        self._process = process
+        if self._process is None:
+            self._release_pipes()
+            return
         reader = BlockingReader(from_engine.fileno())
         try:
             while not self._closing:
@@ -111,14 +118,15 @@ class EngineClient:
                 ) from None
         if not self._closing:
             try:
-                loop.call_soon_threadsafe(self._attach, reader.leftover())
+                loop.call_soon_threadsafe(self._attach, reader.leftover(), ready)
                 return
             except RuntimeError:  # the event loop has closed: the server is exiting
-                self._closing = True
-        _kill(process)
+                self.close()
+        # close() has stopped the process (only it reaps it: two threads waiting on one child race); the pipes
+        # are still this thread's to release.
         self._release_pipes()
 
-    def _attach(self, decoder: FrameDecoder) -> None:
+    def _attach(self, decoder: FrameDecoder, ready: Callable[[], None]) -> None:
         """From now on the event loop moves the messages (see wire.py). Runs on the loop."""
         if self._closing:  # closed between "ready" and now: the loop owns the pipes, and nobody needs them
             self._release_pipes()
@@ -128,25 +136,26 @@ class EngineClient:
         loop = self._on_loop()
         self._writer = LoopWriter(loop, to_engine.fileno())
         self._reader = LoopReader(loop, from_engine.fileno(), self._on_message, self._on_pipe_closed, decoder)
-        for message in self._early:  # submitted between "ready" and now
-            self._writer.send(message)
-        self._early.clear()
+        ready()
 
     def close(self) -> None:
-        """Stop the engine. Runs on the event loop."""
-        if self._closing:
-            return
-        self._closing = True
-        process = self._process
+        """Stop the engine. Runs on the event loop (or on the loader thread, once the loop has closed)."""
+        with self._spawning:
+            if self._closing:
+                return
+            self._closing = True
+            process = self._process
         if process is None:
-            return  # start() has not spawned it yet, and will not keep it
+            return  # start() has not spawned it, and now will not
         if self._writer is not None and self._reader is not None:
             # Serving: closing its inbox tells the engine to exit after the step it is in.
             self._writer.close()
             self._reader.close()
             self._release_pipes()
             process.join(timeout=10)
-        _kill(process)  # still loading (start() sees the pipe close and lets go), or stuck
+        if process.is_alive():  # still loading (start() sees the pipe close and lets go), or stuck
+            process.kill()
+            process.join(timeout=5)
 
     def _release_pipes(self) -> None:
         for pipe in self._pipes or ():
@@ -261,12 +270,8 @@ class EngineClient:
         return self._loop
 
     def _send(self, message: tuple[Any, ...]) -> None:
-        if self._closing:
-            return
-        if self._writer is None:
-            self._early.append(message)
-        else:
-            self._writer.send(message)
+        assert self._writer is not None, "requests are submitted only after `ready`"
+        self._writer.send(message)  # after close() the writer drops it
 
     def _on_message(self, message: tuple[Any, ...]) -> None:
         if message[0] == "step":
@@ -287,9 +292,3 @@ def prepare_environment() -> None:
     after each large prefill, and first tokens 3-4 ms later). 20,000 spins still bridge the microseconds between
     one operator and the next. Read when the engine process loads torch; a value set by the operator is kept."""
     os.environ.setdefault("GOMP_SPINCOUNT", "20000")
-
-
-def _kill(process: multiprocessing.process.BaseProcess) -> None:
-    if process.is_alive():
-        process.kill()
-        process.join(timeout=5)

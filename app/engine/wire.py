@@ -53,11 +53,6 @@ class FrameDecoder:
         del self._buffer[:offset]
         return messages
 
-    @property
-    def pending(self) -> int:
-        """Bytes of a message that has not fully arrived yet."""
-        return len(self._buffer)
-
 
 class BlockingReader:
     """The reading end of a pipe for a process without an event loop (the engine; the API process while loading).

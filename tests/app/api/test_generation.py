@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncGenerator
-from typing import Any
 
 import pytest
 from fastapi.responses import JSONResponse
@@ -14,6 +12,7 @@ from app.api import generation
 from app.api.errors import APIError
 from app.api.streaming import EventStreamResponse
 from tests.app.aio import run
+from tests.app.asgi import Client
 
 
 async def lines(*items: str) -> AsyncGenerator[str, None]:
@@ -33,17 +32,9 @@ def test_a_stream_starts_with_its_preamble_then_the_first_token() -> None:
     async def collect() -> list[str]:
         response = await generation.event_stream(lines("data: 1\n\n", generation.SSE_DONE), preamble="role\n\n")
         assert isinstance(response, EventStreamResponse)
-        sent: list[Any] = []
-
-        async def receive() -> dict[str, Any]:
-            await asyncio.Event().wait()  # the client stays
-            raise AssertionError("unreachable")
-
-        async def send(message: Any) -> None:
-            sent.append(message)
-
-        await response({"type": "http"}, receive, send)
-        return [m["body"].decode() for m in sent if m["type"] == "http.response.body" and m["body"]]
+        client = Client()  # stays connected
+        await response({"type": "http"}, client.receive, client.send)
+        return [m["body"].decode() for m in client.sent if m["type"] == "http.response.body" and m["body"]]
 
     assert run(collect()) == ["role\n\ndata: 1\n\n", generation.SSE_DONE]
 

@@ -46,11 +46,12 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 
 def start_in_thread(client: EngineClient, loop: asyncio.AbstractEventLoop) -> tuple[threading.Thread, list[Any]]:
+    """Start as the runtime does; `outcome` gets "returned" (or the exception), then "ready" if the loop ran it."""
     outcome: list[Any] = []
 
     def load() -> None:
         try:
-            client.start(loop, lambda _: None)
+            client.start(loop, lambda _: None, ready=lambda: outcome.append("ready"))
             outcome.append("returned")
         except BaseException as error:
             outcome.append(error)
@@ -78,7 +79,7 @@ def test_closing_before_the_engine_is_spawned_spawns_nothing(
     client: EngineClient, loop: asyncio.AbstractEventLoop
 ) -> None:
     client.close()
-    client.start(loop, lambda _: None)
+    client.start(loop, lambda _: None, ready=lambda: None)
     assert engines() == []
 
 
@@ -91,5 +92,20 @@ def test_closing_between_ready_and_the_loop_taking_the_pipes(
     assert client.description
     client.close()  # the lifespan's shutdown, on the loop, before the queued hand-over ran
     loop.run_until_complete(asyncio.sleep(0))  # now the hand-over runs, and must let go of the pipes
+    assert outcome == ["returned"]  # and never say ready: the /v1 routes stay closed
     assert engines() == []
+    assert pipes_closed(client)
+
+
+def test_ready_comes_on_the_loop_after_the_hand_over_and_close_lets_the_engine_exit_cleanly(
+    client: EngineClient, loop: asyncio.AbstractEventLoop
+) -> None:
+    thread, outcome = start_in_thread(client, loop)
+    thread.join(timeout=120)
+    assert outcome == ["returned"]  # the hand-over is queued on the loop, not done by the loader thread
+    (engine,) = engines()
+    loop.run_until_complete(asyncio.sleep(0))
+    assert outcome == ["returned", "ready"]
+    client.close()  # closing its inbox: the engine leaves its loop and exits by itself, not by a kill
+    assert engine.exitcode == 0
     assert pipes_closed(client)
