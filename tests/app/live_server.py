@@ -9,10 +9,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -36,6 +37,17 @@ class LiveServer:
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def request_logs(self, path: str) -> list[dict[str, Any]]:
+        """The server's JSON log lines for requests to `path`, oldest first."""
+        lines = [json.loads(line) for line in self.logs().splitlines() if line.startswith("{")]
+        return [line for line in lines if line.get("event") == "request" and line.get("path") == path]
+
+    def wait_for_request_logs(self, path: str, count: int, timeout: float = 10) -> list[dict[str, Any]]:
+        """Wait until at least `count` requests to `path` are logged (the line is written once the response has
+        gone, so a client can see its answer a moment before the log does)."""
+        until(lambda: len(self.request_logs(path)) >= count, timeout, f"{count} logged requests to {path}")
+        return self.request_logs(path)
+
     def metric(self, name: str) -> float:
         """The value of a metric line `name{...} value` (first match) from /metrics."""
         text = httpx.get(f"{self.base_url}/metrics", timeout=10).text
@@ -51,6 +63,16 @@ class LiveServer:
                 return
             time.sleep(0.05)
         raise AssertionError(f"{name} stayed at {self.metric(name)}, expected {value}")
+
+
+def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds. For things a test cannot be told
+    about, so that a slow CI machine makes it wait longer instead of fail."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} after {timeout} s")
+        time.sleep(0.02)
 
 
 def start(args: list[str], cache: Path, log: Path, env: dict[str, str] | None = None) -> LiveServer:

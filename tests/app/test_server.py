@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 
 import httpx
 import openai
@@ -261,11 +260,10 @@ def test_health_ready_and_metrics(server: LiveServer) -> None:
 
 
 def test_one_json_log_line_per_request(server: LiveServer) -> None:
+    before = len(server.request_logs("/v1/chat/completions"))
     chat(server, max_tokens=3)
-    time.sleep(0.2)
-    lines = [json.loads(line) for line in server.logs().splitlines() if line.startswith("{")]
-    requests = [r for r in lines if r.get("event") == "request" and r.get("path") == "/v1/chat/completions"]
-    assert requests
+    requests = server.wait_for_request_logs("/v1/chat/completions", before + 1)
+    assert len(requests) == before + 1  # one line, not one per token or per layer
     last = requests[-1]
     assert last["status"] == 200
     assert last["completion_tokens"] == 3
@@ -335,10 +333,10 @@ def test_think_tag_in_a_user_message_does_not_hide_the_answer(server: LiveServer
 
 def test_plain_request_whose_client_leaves_is_logged_499(server: LiveServer) -> None:
     payload = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 3000, "ignore_eos": True}
+    before = len(server.request_logs("/v1/chat/completions"))
     with pytest.raises(httpx.TimeoutException):
         httpx.post(f"{server.base_url}/v1/chat/completions", json=payload, timeout=0.5)
     server.wait_for_metric("deepseek_num_requests_running", 0, timeout=5)
-    time.sleep(0.2)
-    statuses = [json.loads(line).get("status") for line in server.logs().splitlines() if '"path": "/v1/chat' in line]
-    assert statuses[-1] == 499
+    requests = server.wait_for_request_logs("/v1/chat/completions", before + 1)
+    assert requests[-1]["status"] == 499
     assert "Traceback" not in server.logs()

@@ -19,7 +19,7 @@ import pytest
 from app.engine import worker
 from app.engine.batch_loop import StepOutput, StepStats
 from app.engine.types import SamplingParams
-from app.engine.wire import BlockingReader, write_all
+from app.engine.wire import BlockingReader, frame, write_all
 
 PARAMS = SamplingParams(max_tokens=1)
 Write = Callable[[tuple[Any, ...]], None]
@@ -223,8 +223,9 @@ def test_arrivals_that_do_not_outnumber_the_running_batch_do_not_hold_it_up(
     loop = RecordingLoop(step_s=0.1, decode_steps=10_000)  # a batch that keeps decoding
 
     def feed(write: Write) -> None:
-        for request_id in range(4):
-            write(("add", request_id, [1], PARAMS))
+        # One write, so the four reach the engine together: sent one by one, the first can reach the idle engine
+        # alone and be stepped at once (as it should), which is a different case from the one this test sets up.
+        os.write(pipes[1], b"".join(frame(("add", request_id, [1], PARAMS)) for request_id in range(4)))
         loop.wait_for_steps(1)  # their prefill runs; four rows will be decoding after it
         write(("add", 4, [1], PARAMS))
         write(("add", 5, [1], PARAMS))  # two arrive meanwhile: fewer than the four they would hold up
