@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from app.engine.types import SamplingParams
 from app.engine.wire import BlockingReader, frame, write_all
 
 PARAMS = SamplingParams(max_tokens=1)
-Write = Callable[[tuple[Any, ...]], None]
+Write = Callable[..., None]  # write(*messages): the messages go into the pipe in one write, so they arrive together
 
 
 class RecordingLoop:
@@ -129,7 +130,7 @@ def serve(loop: RecordingLoop, pipes: tuple[int, int, int, int], feed: Callable[
     for thread in threads:
         thread.start()
     try:
-        feed(lambda message: write_all(inbox_write, message))
+        feed(lambda *messages: write_together(inbox_write, messages))
     finally:
         os.close(inbox_write)  # the API process closing the pipe means stop
     for thread in threads:
@@ -138,6 +139,14 @@ def serve(loop: RecordingLoop, pipes: tuple[int, int, int, int], feed: Callable[
     assert len(ended) == 1
     assert isinstance(ended[0], EOFError)
     return received
+
+
+def write_together(fd: int, messages: tuple[tuple[Any, ...], ...]) -> None:
+    """Messages written one by one can reach the engine one at a time (the first stepped alone, as it should be),
+    which would make a test depend on the scheduler; one write puts them in the pipe at the same moment."""
+    data = b"".join(frame(message) for message in messages)
+    assert len(data) <= select.PIPE_BUF  # so the pipe takes it whole, in one piece
+    assert os.write(fd, data) == len(data)
 
 
 def stretch(monkeypatch: pytest.MonkeyPatch, quiet_s: float, cap_s: float) -> None:
@@ -223,12 +232,9 @@ def test_arrivals_that_do_not_outnumber_the_running_batch_do_not_hold_it_up(
     loop = RecordingLoop(step_s=0.1, decode_steps=10_000)  # a batch that keeps decoding
 
     def feed(write: Write) -> None:
-        # One write, so the four reach the engine together: sent one by one, the first can reach the idle engine
-        # alone and be stepped at once (as it should), which is a different case from the one this test sets up.
-        os.write(pipes[1], b"".join(frame(("add", request_id, [1], PARAMS)) for request_id in range(4)))
+        write(*[("add", request_id, [1], PARAMS) for request_id in range(4)])
         loop.wait_for_steps(1)  # their prefill runs; four rows will be decoding after it
-        write(("add", 4, [1], PARAMS))
-        write(("add", 5, [1], PARAMS))  # two arrive meanwhile: fewer than the four they would hold up
+        write(("add", 4, [1], PARAMS), ("add", 5, [1], PARAMS))  # two arrive meanwhile: fewer than the four
         loop.wait_for_steps(2)
 
     serve(loop, pipes, feed)
@@ -244,8 +250,7 @@ def test_the_gather_also_takes_cancellations(pipes: tuple[int, int, int, int], m
     def feed(write: Write) -> None:
         write(("add", 0, [1], PARAMS))
         loop.wait_for_steps(1)
-        for request_id in (1, 2, 3):
-            write(("add", request_id, [1], PARAMS))
+        write(*[("add", request_id, [1], PARAMS) for request_id in (1, 2, 3)])
         time.sleep(0.4)  # the first step is over; the engine is gathering (1 s quiet window)
         write(("cancel", 2))
         loop.wait_for_steps(2)
