@@ -57,12 +57,10 @@ class LiveServer:
         raise AssertionError(f"metric {name} not found")
 
     def wait_for_metric(self, name: str, value: float, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.metric(name) == value:
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"{name} stayed at {self.metric(name)}, expected {value}")
+        try:
+            until(lambda: self.metric(name) == value, timeout, f"{name} == {value}")
+        except AssertionError:
+            raise AssertionError(f"{name} stayed at {self.metric(name)}, expected {value}") from None
 
 
 def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
