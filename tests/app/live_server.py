@@ -57,19 +57,17 @@ class LiveServer:
         raise AssertionError(f"metric {name} not found")
 
     def wait_for_metric(self, name: str, value: float, timeout: float = 10) -> None:
-        try:
-            until(lambda: self.metric(name) == value, timeout, f"{name} == {value}")
-        except AssertionError:
-            raise AssertionError(f"{name} stayed at {self.metric(name)}, expected {value}") from None
+        until(lambda: self.metric(name) == value, timeout, lambda: f"{name} == {value} (it reads {self.metric(name)})")
 
 
-def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds. For things a test cannot be told
-    about, so that a slow CI machine makes it wait longer instead of fail."""
+def until(condition: Callable[[], bool], timeout: float, what: str | Callable[[], str]) -> None:
+    """Poll `condition` until it holds; fail naming `what` (a callable is asked at the failure, for the state then)
+    after `timeout` seconds. For things a test cannot be told about, so that a slow CI machine makes it wait longer
+    instead of fail."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} after {timeout} s")
+            raise AssertionError(f"no {what() if callable(what) else what} after {timeout} s")
         time.sleep(0.02)
 
 
@@ -156,6 +154,8 @@ LONG_STREAM = {
     "ignore_eos": True,
     "stream": True,
 }
+# The same generation as one JSON response: it ends only when the client leaves.
+LONG_PLAIN = {**LONG_STREAM, "stream": False}
 
 
 def until_first_text(lines: Iterator[str]) -> None:

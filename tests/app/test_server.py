@@ -13,7 +13,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.app.live_server import LONG_STREAM, MODEL, LiveServer, chat, client, until_first_text
+from tests.app.live_server import LONG_PLAIN, LONG_STREAM, MODEL, LiveServer, chat, client, until_first_text
 
 pytestmark = pytest.mark.slow
 
@@ -283,9 +283,7 @@ def test_disconnected_stream_is_cancelled(server: LiveServer) -> None:
 
 
 def test_disconnected_plain_request_is_cancelled(server: LiveServer) -> None:
-    body = json.dumps(
-        {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 3000, "ignore_eos": True}
-    ).encode()
+    body = json.dumps(LONG_PLAIN).encode()
     host, port = server.base_url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as raw:
         raw.sendall(
@@ -332,10 +330,9 @@ def test_think_tag_in_a_user_message_does_not_hide_the_answer(server: LiveServer
 
 
 def test_plain_request_whose_client_leaves_is_logged_499(server: LiveServer) -> None:
-    payload = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 3000, "ignore_eos": True}
     before = len(server.request_logs("/v1/chat/completions"))
     with pytest.raises(httpx.TimeoutException):
-        httpx.post(f"{server.base_url}/v1/chat/completions", json=payload, timeout=0.5)
+        httpx.post(f"{server.base_url}/v1/chat/completions", json=LONG_PLAIN, timeout=0.5)
     server.wait_for_metric("deepseek_num_requests_running", 0, timeout=5)
     requests = server.wait_for_request_logs("/v1/chat/completions", before + 1)
     assert requests[-1]["status"] == 499

@@ -75,13 +75,7 @@ def test_sigterm_drains_a_stream_in_flight_then_exits_zero(model_cache: Path, tm
     server = start(["--drain-timeout", "20"], model_cache, tmp_path / "log")
     try:
         wait_ready(server)
-        payload = {
-            "model": MODEL,
-            "messages": [{"role": "user", "content": "x"}],
-            "max_tokens": 200,
-            "ignore_eos": True,
-            "stream": True,
-        }
+        payload = {**LONG_STREAM, "max_tokens": 200}  # long enough to be in flight at SIGTERM, short enough to drain
         received: list[str] = []
 
         def read_stream() -> None:

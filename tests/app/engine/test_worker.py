@@ -146,7 +146,8 @@ def write_together(fd: int, messages: tuple[tuple[Any, ...], ...]) -> None:
     which would make a test depend on the scheduler; one write puts them in the pipe at the same moment."""
     data = b"".join(frame(message) for message in messages)
     assert len(data) <= select.PIPE_BUF  # so the pipe takes it whole, in one piece
-    assert os.write(fd, data) == len(data)
+    written = os.write(fd, data)  # not inside the assert: `python -O` would drop the write with it
+    assert written == len(data)
 
 
 def stretch(monkeypatch: pytest.MonkeyPatch, quiet_s: float, cap_s: float) -> None:
