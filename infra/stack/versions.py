@@ -58,6 +58,13 @@ PROMETHEUS_ADAPTER_CHART = HelmChart(
 # source). A fixed 2.x release: `aws s3 sync` flags are stable across 2.x; bump with the other images.
 AWS_CLI_IMAGE = "public.ecr.aws/aws-cli/aws-cli:2.27.49"
 
+# --- Image build -----------------------------------------------------------------------------------------------
+
+# The Pulumi Docker Build provider (buildx/BuildKit) that builds and pushes the server image in `pulumi up`.
+# 0.0.22 is the newest release; the Python SDK of the same version is pinned in infra/requirements.txt (a test keeps
+# the two equal) and the program asks the engine for exactly this plugin version.
+DOCKER_BUILD_PROVIDER_VERSION = "0.0.22"
+
 # --- AWS layer ------------------------------------------------------------------------------------------------------
 
 # cluster-autoscaler, official chart (kubernetes/autoscaler). 9.52.1 (Oct 2025) has the `autoDiscovery.tags`,
@@ -69,12 +76,26 @@ CLUSTER_AUTOSCALER_CHART = HelmChart(
 )
 
 # The autoscaler's minor version must match the control plane's (its scheduler simulation is compiled against
-# that Kubernetes release), so the image tag follows `cluster.version`; these are the latest patch of each minor.
-# The keys are also the Kubernetes versions the stack config accepts.
+# that Kubernetes release), so the image tag follows `cluster.version`. Each tag is a released patch of its minor,
+# chosen when the minor was added here; it is not re-checked for newer patches: bump a tag deliberately, with the
+# autoscaler's release notes. The keys are also the Kubernetes versions the stack config accepts.
 CLUSTER_AUTOSCALER_IMAGE_TAGS: dict[str, str] = {
     "1.32": "v1.32.3",
     "1.33": "v1.33.1",
     "1.34": "v1.34.0",
+    "1.35": "v1.35.0",
+}
+
+# New stacks get the newest minor that every pinned chart and the autoscaler above support.
+DEFAULT_KUBERNETES_VERSION = "1.35"
+
+# When EKS standard support of each minor ends (AWS's published calendar); after it a cluster runs on extended
+# support at USD 0.60 per cluster-hour instead of 0.10, and the program warns on every run. None: not yet announced.
+KUBERNETES_STANDARD_SUPPORT_ENDS: dict[str, str | None] = {
+    "1.32": "2026-03-23",
+    "1.33": "2026-07-29",
+    "1.34": "2026-12-02",
+    "1.35": None,
 }
 
 # EKS managed add-ons (vpc-cni, kube-proxy, coredns, eks-pod-identity-agent, aws-ebs-csi-driver) are not pinned

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from stack.testing import ProgramRun, RecordedResource, run_stack
 from stack.testing.harness import stack_settings
-from stack.versions import CLUSTER_AUTOSCALER_CHART
+from stack.versions import CLUSTER_AUTOSCALER_CHART, CLUSTER_AUTOSCALER_IMAGE_TAGS
 
 NS = "deepseek-inference"
 NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
@@ -30,8 +30,11 @@ def node_group(run: ProgramRun, pool: str) -> RecordedResource:
     return run.one(NODE_GROUP, pool)
 
 
-def test_no_provider_functions_are_called(run: ProgramRun) -> None:
-    assert [call.token for call in run.calls if call.token.startswith("aws:")] == []
+def test_the_only_provider_function_is_the_image_push_credential(run: ProgramRun) -> None:
+    # No lookups steer the plan; the build's ECR login token is the one call (nothing is built on preview).
+    assert [call.token for call in run.calls if call.token.startswith("aws:")] == [
+        "aws:ecr/getAuthorizationToken:getAuthorizationToken"
+    ]
 
 
 def test_stack_outputs(run: ProgramRun) -> None:
@@ -238,7 +241,7 @@ def test_cluster_autoscaler(run: ProgramRun) -> None:
     scaling = settings(run.stack, "clusterAutoscaler")
     assert values["extraArgs"]["scale-down-unneeded-time"] == scaling["scaleDownUnneededTime"]
     assert values["extraArgs"]["max-node-provision-time"] == scaling["maxNodeProvisionTime"]
-    assert values["image"]["tag"] == "v1.34.0"
+    assert values["image"]["tag"] == CLUSTER_AUTOSCALER_IMAGE_TAGS[settings(run.stack, "cluster")["version"]]
     association = [
         a.inputs
         for a in run.of_type("aws:eks/podIdentityAssociation:PodIdentityAssociation")
@@ -259,7 +262,7 @@ def test_priority_expander_prefers_spot_then_on_demand(run: ProgramRun) -> None:
 
 def test_image_registry(run: ProgramRun) -> None:
     repository = run.one("aws:ecr/repository:Repository").inputs
-    assert repository["imageTagMutability"] == "IMMUTABLE"
+    assert repository["imageTagMutability"] == "IMMUTABLE_WITH_EXCLUSION"
     assert repository["imageScanningConfiguration"] == {"scanOnPush": True}
     assert repository["encryptionConfigurations"][0]["encryptionType"] == "KMS"
     policy = json.loads(run.one("aws:ecr/lifecyclePolicy:LifecyclePolicy").inputs["policy"])
@@ -270,7 +273,14 @@ def test_existing_cluster_creates_no_aws_resources() -> None:
     kubeconfig = yaml.safe_dump({"apiVersion": "v1", "clusters": [{"name": "c", "cluster": {"server": "https://k"}}]})
     run = run_stack(
         "dev",
-        overrides={"clusterSource": "existing", "network": None, "cluster": None, "aws:region": None},
+        overrides={
+            "clusterSource": "existing",
+            "network": None,
+            "cluster": None,
+            "aws:region": None,
+            "inference": {"image": "registry.example.com/deepseek/server:1.2.3"},
+            "addons": {"prometheus": {"storageClassName": "standard"}},
+        },
         secrets={"kubeconfig": kubeconfig, "apiKeys": "k1"},
     )
     assert [r.type for r in run.resources if r.type.startswith("aws:")] == []

@@ -3,6 +3,7 @@ add-ons that must run before any node joins (vpc-cni, kube-proxy, eks-pod-identi
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -13,8 +14,12 @@ from stack.aws.iam import AWS_MANAGED, service_trust_policy
 from stack.aws.kubeconfig import render_kubeconfig
 
 CLUSTER_ADMIN_POLICY = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
+CLUSTER_VIEW_POLICY = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSViewPolicy"
 # Networking and credentials for pods: needed before nodes can become Ready.
 BOOTSTRAP_ADDONS = ("vpc-cni", "kube-proxy", "eks-pod-identity-agent")
+# Add-on settings (the add-on's configuration schema: `aws eks describe-addon-configuration`). vpc-cni enforces
+# NetworkPolicy only with its network policy agent on; without it every NetworkPolicy is decoration.
+ADDON_CONFIGURATION: dict[str, dict[str, str]] = {"vpc-cni": {"enableNetworkPolicy": "true"}}
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,8 @@ class ClusterArgs:
     endpoint_public_access: bool
     public_access_cidrs: Sequence[str]
     admin_principal_arns: Sequence[str]
+    # Read-only principals (AmazonEKSViewPolicy on the whole cluster), e.g. the pull-request preview role.
+    viewer_principal_arns: Sequence[str]
     bootstrap_creator_admin: bool
     log_types: Sequence[str]
     log_retention_days: int
@@ -36,6 +43,7 @@ class ClusterArgs:
 
 class Cluster(pulumi.ComponentResource):
     name: pulumi.Output[str]
+    version: pulumi.Output[str]
     arn: pulumi.Output[str]
     endpoint: pulumi.Output[str]
     certificate_authority_data: pulumi.Output[str]
@@ -108,22 +116,9 @@ class Cluster(pulumi.ComponentResource):
         )
 
         for index, principal in enumerate(args.admin_principal_arns):
-            entry = aws.eks.AccessEntry(
-                f"{name}-admin-{index}",
-                cluster_name=cluster.name,
-                principal_arn=principal,
-                type="STANDARD",
-                tags=tags,
-                opts=child,
-            )
-            aws.eks.AccessPolicyAssociation(
-                f"{name}-admin-{index}",
-                cluster_name=cluster.name,
-                principal_arn=entry.principal_arn,
-                policy_arn=CLUSTER_ADMIN_POLICY,
-                access_scope=aws.eks.AccessPolicyAssociationAccessScopeArgs(type="cluster"),
-                opts=child,
-            )
+            self._access_entry(f"{name}-admin-{index}", cluster.name, principal, CLUSTER_ADMIN_POLICY, tags)
+        for index, principal in enumerate(args.viewer_principal_arns):
+            self._access_entry(f"{name}-viewer-{index}", cluster.name, principal, CLUSTER_VIEW_POLICY, tags)
 
         self.bootstrap_addons = [
             aws.eks.Addon(
@@ -131,6 +126,7 @@ class Cluster(pulumi.ComponentResource):
                 cluster_name=cluster.name,
                 addon_name=addon,
                 addon_version=args.addon_versions.get(addon),
+                configuration_values=json.dumps(ADDON_CONFIGURATION[addon]) if addon in ADDON_CONFIGURATION else None,
                 resolve_conflicts_on_create="OVERWRITE",
                 resolve_conflicts_on_update="OVERWRITE",
                 tags=tags,
@@ -140,6 +136,7 @@ class Cluster(pulumi.ComponentResource):
         ]
 
         self.name = cluster.name
+        self.version = cluster.version
         self.arn = cluster.arn
         self.endpoint = cluster.endpoint
         self.certificate_authority_data = cluster.certificate_authority.apply(lambda ca: str(ca.data))
@@ -154,6 +151,7 @@ class Cluster(pulumi.ComponentResource):
         self.register_outputs(
             {
                 "name": self.name,
+                "version": self.version,
                 "arn": self.arn,
                 "endpoint": self.endpoint,
                 "certificateAuthorityData": self.certificate_authority_data,
@@ -161,4 +159,21 @@ class Cluster(pulumi.ComponentResource):
                 "oidcIssuer": self.oidc_issuer,
                 "nodeSecurityGroupId": self.node_security_group_id,
             }
+        )
+
+    def _access_entry(
+        self, name: str, cluster_name: pulumi.Output[str], principal: str, access_policy: str, tags: dict[str, str]
+    ) -> None:
+        """An access entry for `principal` with one cluster-wide access policy (admin or view)."""
+        child = pulumi.ResourceOptions(parent=self)
+        entry = aws.eks.AccessEntry(
+            name, cluster_name=cluster_name, principal_arn=principal, type="STANDARD", tags=tags, opts=child
+        )
+        aws.eks.AccessPolicyAssociation(
+            name,
+            cluster_name=cluster_name,
+            principal_arn=entry.principal_arn,
+            policy_arn=access_policy,
+            access_scope=aws.eks.AccessPolicyAssociationAccessScopeArgs(type="cluster"),
+            opts=child,
         )

@@ -14,6 +14,9 @@ import pulumi_aws as aws
 GPU_PRESENT_LABEL = "nvidia.com/gpu.present"
 CAPACITY_LABEL = "deepseek.io/capacity"
 NODE_POOL_LABEL = "deepseek.io/node-pool"
+# cluster-autoscaler's GPU label on AWS: a node carrying it counts as unready until its GPUs are allocatable, so the
+# autoscaler waits for the device plugin instead of scaling out again while a new GPU node boots.
+ACCELERATOR_LABEL = "k8s.amazonaws.com/accelerator"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT_KEY = "nvidia.com/gpu"
 
@@ -43,6 +46,11 @@ class NodePoolArgs:
     desired_size: int
     disk_size_gib: int
     tags: Mapping[str, str]
+    # The control plane's Kubernetes version: the nodes follow it when the cluster is upgraded.
+    kubernetes_version: pulumi.Input[str]
+    # gp3 throughput (MiB/s) and IOPS of the root volume (validated by the config model).
+    disk_throughput_mibps: int = 125
+    disk_iops: int = 3000
     labels: Mapping[str, str] = field(default_factory=dict)
     taints: Sequence[Taint] = ()
     # GPUs per node: advertised to the autoscaler so it can scale this pool up from zero nodes.
@@ -80,6 +88,8 @@ class NodePool(pulumi.ComponentResource):
                     ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
                         volume_size=args.disk_size_gib,
                         volume_type="gp3",
+                        throughput=args.disk_throughput_mibps,
+                        iops=args.disk_iops,
                         encrypted="true",
                         delete_on_termination="true",
                     ),
@@ -98,6 +108,8 @@ class NodePool(pulumi.ComponentResource):
             cluster_name=args.cluster_name,
             node_role_arn=args.node_role_arn,
             subnet_ids=args.subnet_ids,
+            # The AMI type picks the image; the version follows the control plane's (one minor upgrade at a time).
+            version=args.kubernetes_version,
             capacity_type=args.capacity_type,
             ami_type=args.ami_type,
             instance_types=list(args.instance_types),

@@ -6,6 +6,7 @@ cluster's kubeconfig and readiness to the Kubernetes layer.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pulumi
@@ -17,6 +18,7 @@ from stack.aws.cluster_autoscaler import ClusterAutoscaler, ClusterAutoscalerArg
 from stack.aws.image_registry import ImageRegistry, ImageRegistryArgs
 from stack.aws.network import Network, NetworkArgs, ZoneSubnets
 from stack.aws.node_pool import (
+    ACCELERATOR_LABEL,
     CAPACITY_LABEL,
     GPU_PRESENT_LABEL,
     GPU_TAINT_KEY,
@@ -26,8 +28,12 @@ from stack.aws.node_pool import (
     Taint,
 )
 from stack.aws.node_role import NodeRole, NodeRoleArgs
+from stack.aws.pod_identity_role import PodIdentityRole, PodIdentityRoleArgs
+from stack.aws.server_image import ServerImage, ServerImageArgs
 from stack.config import StackConfig
-from stack.config.aws import NodePoolConfig
+from stack.config.aws import GpuNodePoolConfig, NodePoolConfig
+from stack.config.kubernetes import ModelConfig
+from stack.image import context as image_context
 
 SYSTEM_POOL = "system"
 GPU_ON_DEMAND_POOL = "gpu-on-demand"
@@ -42,11 +48,26 @@ class AwsPlatform:
     node_pools: dict[str, NodePool]
     addons: ClusterAddons
     image_registry: ImageRegistry
+    # Built from docker/Dockerfile.cuda in this run unless the stack names a prebuilt `inference.image`.
+    server_image: ServerImage | None
+    # S3 read access for the inference pods (model.source s3), through EKS Pod Identity.
+    model_reader: PodIdentityRole | None
 
     @property
     def ready(self) -> list[pulumi.Resource]:
-        """What Kubernetes resources wait for: the control plane, every node pool and the node add-ons."""
-        return [self.cluster, *self.node_pools.values(), self.addons]
+        """What Kubernetes resources wait for: the control plane, every node pool, the node add-ons and the pods' AWS
+        role (Pod Identity injects credentials only into pods created after the association exists)."""
+        return [
+            self.cluster,
+            *self.node_pools.values(),
+            self.addons,
+            *([self.model_reader] if self.model_reader is not None else []),
+        ]
+
+    @property
+    def image(self) -> pulumi.Output[str] | None:
+        """The image reference the inference pods run: the built image by digest, or None (the stack's own)."""
+        return self.server_image.ref if self.server_image is not None else None
 
     @property
     def node_group_names(self) -> pulumi.Output[list[str]]:
@@ -83,6 +104,7 @@ def deploy_aws_platform(config: StackConfig) -> AwsPlatform:
             endpoint_public_access=config.cluster.endpoint_public_access,
             public_access_cidrs=[str(cidr) for cidr in config.cluster.public_access_cidrs],
             admin_principal_arns=config.cluster.admins,
+            viewer_principal_arns=config.cluster.viewers,
             bootstrap_creator_admin=config.cluster.bootstrap_creator_admin,
             log_types=config.cluster.log_types,
             log_retention_days=config.cluster.log_retention_days,
@@ -92,10 +114,16 @@ def deploy_aws_platform(config: StackConfig) -> AwsPlatform:
     )
     node_role = NodeRole("eks-nodes", NodeRoleArgs(tags=tags))
 
-    def pool(name: str, pool_config: NodePoolConfig, *, spot: bool, gpus: int) -> NodePool:
+    def pool(name: str, pool_config: NodePoolConfig, *, spot: bool) -> NodePool:
         labels = {NODE_POOL_LABEL: name}
-        if gpus:
-            labels |= {GPU_PRESENT_LABEL: "true", CAPACITY_LABEL: "spot" if spot else "on-demand"}
+        gpus = 0
+        if isinstance(pool_config, GpuNodePoolConfig):
+            gpus = pool_config.gpus_per_node
+            labels |= {
+                GPU_PRESENT_LABEL: "true",
+                CAPACITY_LABEL: "spot" if spot else "on-demand",
+                ACCELERATOR_LABEL: pool_config.accelerator,
+            }
         return NodePool(
             name,
             NodePoolArgs(
@@ -109,6 +137,9 @@ def deploy_aws_platform(config: StackConfig) -> AwsPlatform:
                 max_size=pool_config.max_size,
                 desired_size=pool_config.initial_size,
                 disk_size_gib=pool_config.disk_size_gib,
+                disk_throughput_mibps=pool_config.disk_throughput_mibps,
+                disk_iops=pool_config.disk_iops,
+                kubernetes_version=cluster.version,
                 labels=labels,
                 taints=[GPU_TAINT] if gpus else [],
                 gpus_per_node=gpus,
@@ -120,11 +151,9 @@ def deploy_aws_platform(config: StackConfig) -> AwsPlatform:
 
     pools = config.node_pools
     node_pools = {
-        SYSTEM_POOL: pool(SYSTEM_POOL, pools.system, spot=False, gpus=0),
-        GPU_ON_DEMAND_POOL: pool(
-            GPU_ON_DEMAND_POOL, pools.gpu_on_demand, spot=False, gpus=pools.gpu_on_demand.gpus_per_node
-        ),
-        GPU_SPOT_POOL: pool(GPU_SPOT_POOL, pools.gpu_spot, spot=True, gpus=pools.gpu_spot.gpus_per_node),
+        SYSTEM_POOL: pool(SYSTEM_POOL, pools.system, spot=False),
+        GPU_ON_DEMAND_POOL: pool(GPU_ON_DEMAND_POOL, pools.gpu_on_demand, spot=False),
+        GPU_SPOT_POOL: pool(GPU_SPOT_POOL, pools.gpu_spot, spot=True),
     }
     addons = ClusterAddons(
         "eks-addons",
@@ -142,7 +171,52 @@ def deploy_aws_platform(config: StackConfig) -> AwsPlatform:
             tags=tags,
         ),
     )
-    return AwsPlatform(network, cluster, node_pools, addons, registry)
+    server_image = None
+    if config.inference.image is None:
+        server_image = ServerImage(
+            "server-image",
+            ServerImageArgs(
+                repository_url=registry.repository_url,
+                registry_id=registry.registry_id,
+                context_dir=image_context.REPO_ROOT,
+                dockerfile=image_context.DOCKERFILE,
+                target=image_context.BUILD_TARGET,
+                platform=image_context.PLATFORM,
+                tag=image_context.context_tag(),
+            ),
+        )
+    model_reader = None
+    model = config.inference.model
+    if model.source == "s3":
+        model_reader = PodIdentityRole(
+            "model-reader",
+            PodIdentityRoleArgs(
+                cluster_name=cluster.name,
+                namespace=config.inference.namespace,
+                # The inference ServiceAccount is named after the deployment (stack.kubernetes.inference_service).
+                service_account=config.inference.name,
+                inline_policy=s3_read_policy(model),
+                description=f"Reads the model weights under {model.s3_uri}",
+                tags=tags,
+            ),
+        )
+    return AwsPlatform(network, cluster, node_pools, addons, registry, server_image, model_reader)
+
+
+def s3_read_policy(model: ModelConfig) -> str:
+    """Read-only access to the model's S3 prefix: list it, get its objects (what `aws s3 sync` needs)."""
+    bucket, _, prefix = (model.s3_uri or "").removeprefix("s3://").partition("/")
+    prefix = prefix.rstrip("/")
+    objects = f"arn:aws:s3:::{bucket}/{prefix}/*" if prefix else f"arn:aws:s3:::{bucket}/*"
+    listing: dict[str, object] = {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{bucket}"}
+    if prefix:
+        listing["Condition"] = {"StringLike": {"s3:prefix": [prefix, f"{prefix}/*"]}}
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [listing, {"Effect": "Allow", "Action": "s3:GetObject", "Resource": objects}],
+        }
+    )
 
 
 def deploy_cluster_autoscaler(config: StackConfig, platform: AwsPlatform, provider: k8s.Provider) -> ClusterAutoscaler:

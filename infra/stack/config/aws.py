@@ -5,6 +5,7 @@ Every value is checked here, once, with an error that names the fix; the compone
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import re
 from ipaddress import IPv4Network
@@ -13,32 +14,12 @@ from typing import Annotated, Literal, Self
 from pydantic import Field, field_validator, model_validator
 
 from stack.config.base import ConfigSection
-from stack.versions import CLUSTER_AUTOSCALER_IMAGE_TAGS
-
-# NVIDIA GPU instance types the GPU pools accept, with their GPU count (x86_64 only: the pools use the
-# AL2023_x86_64_NVIDIA AMI). The count feeds the cluster-autoscaler's scale-from-zero hint, so every type in one
-# pool must have the same count. Extend the table when AWS adds a type.
-GPU_INSTANCE_TYPES: dict[str, int] = {
-    **{f"g4dn.{size}": 1 for size in ("xlarge", "2xlarge", "4xlarge", "8xlarge", "16xlarge")},
-    "g4dn.12xlarge": 4,
-    "g4dn.metal": 8,
-    **{
-        f"{family}.{size}": 1
-        for family in ("g5", "g6", "g6e")
-        for size in ("xlarge", "2xlarge", "4xlarge", "8xlarge", "16xlarge")
-    },
-    **{f"{family}.{size}": 4 for family in ("g5", "g6", "g6e") for size in ("12xlarge", "24xlarge")},
-    **{f"{family}.48xlarge": 8 for family in ("g5", "g6", "g6e")},
-    "gr6.4xlarge": 1,
-    "gr6.8xlarge": 1,
-    "p4d.24xlarge": 8,
-    "p4de.24xlarge": 8,
-    "p5.4xlarge": 1,
-    "p5.48xlarge": 8,
-    "p5e.48xlarge": 8,
-    "p5en.48xlarge": 8,
-    "p6-b200.48xlarge": 8,
-}
+from stack.config.instance_types import GPU_INSTANCE_TYPES, GpuInstanceShape
+from stack.versions import (
+    CLUSTER_AUTOSCALER_IMAGE_TAGS,
+    DEFAULT_KUBERNETES_VERSION,
+    KUBERNETES_STANDARD_SUPPORT_ENDS,
+)
 
 _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 _ZONE = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-[0-9][a-z]$")
@@ -110,14 +91,18 @@ class NetworkConfig(ConfigSection):
 class ClusterConfig(ConfigSection):
     # Default: "<project>-<stack>". Fixed up front because subnet tags and autoscaler discovery need it.
     name: str | None = None
-    # Kubernetes minor version of the control plane; one the pinned cluster-autoscaler image supports.
-    version: str = "1.34"
+    # Kubernetes minor version of the control plane and the node groups; one the pinned cluster-autoscaler image
+    # supports. Nodes follow it: raising it upgrades the control plane, then every node group, in one `pulumi up`.
+    version: str = DEFAULT_KUBERNETES_VERSION
     endpoint_private_access: bool = True
     endpoint_public_access: bool = True
     # Who may reach the public endpoint. Required when it is on: never leave it open to the world by accident.
     public_access_cidrs: list[IPv4Network] = []
     # IAM roles/users that get cluster-admin through an EKS access entry.
     admins: list[str] = []
+    # IAM roles/users that get read-only access (AmazonEKSViewPolicy, whole cluster): e.g. the pull-request preview
+    # role, so `pulumi preview` can read the cluster's objects. Never the identity that runs `pulumi up`.
+    viewers: list[str] = []
     # Give the identity that runs `pulumi up` cluster-admin (it must not also be listed in `admins`).
     bootstrap_creator_admin: bool = True
     # Control-plane logs beyond the always-on api, audit and authenticator.
@@ -141,7 +126,7 @@ class ClusterConfig(ConfigSection):
             raise ValueError(f"Kubernetes version {value!r} is not supported here; use one of {supported}")
         return value
 
-    @field_validator("admins")
+    @field_validator("admins", "viewers")
     @classmethod
     def _principals(cls, values: list[str]) -> list[str]:
         for value in values:
@@ -168,7 +153,28 @@ class ClusterConfig(ConfigSection):
                 "endpointPublicAccess is true but publicAccessCidrs is empty (EKS would open it to 0.0.0.0/0); "
                 "list the CIDRs allowed to reach the API"
             )
+        world = IPv4Network("0.0.0.0/0")
+        if not self.endpoint_private_access and world not in self.public_access_cidrs:
+            raise ValueError(
+                "endpointPrivateAccess is false and publicAccessCidrs is restricted: nodes reach the API from the "
+                "NAT gateways' addresses, which are not listed, so they could never join; set "
+                "endpointPrivateAccess: true"
+            )
+        both = sorted(set(self.admins) & set(self.viewers))
+        if both:
+            raise ValueError(f"{both[0]!r} is listed in both admins and viewers; list each principal once")
         return self
+
+    def support_warning(self, today: datetime.date) -> str | None:
+        """A warning once EKS standard support of `version` has ended (extended support is billed 6x)."""
+        ends = KUBERNETES_STANDARD_SUPPORT_ENDS.get(self.version)
+        if ends is None or today < datetime.date.fromisoformat(ends):
+            return None
+        return (
+            f"cluster.version {self.version}: EKS standard support ended on {ends}; the control plane now bills "
+            f"extended support (USD 0.60 instead of 0.10 per cluster-hour). Upgrade one minor at a time, up to "
+            f"{DEFAULT_KUBERNETES_VERSION}"
+        )
 
     @property
     def log_types(self) -> list[str]:
@@ -186,6 +192,10 @@ class NodePoolConfig(ConfigSection):
     desired_size: Annotated[int, Field(ge=0)] | None = None
     # Root volume (gp3, encrypted). GPU pools hold multi-GiB inference images and model caches.
     disk_size_gib: Annotated[int, Field(ge=20, le=16384)] = 100
+    # gp3 throughput (MiB/s) and IOPS of the root volume. 125 and 3000 are gp3's free baseline; a GPU node's cold
+    # start writes the image and the model download at this rate, so GPU pools default higher (billed per MiB/s).
+    disk_throughput_mibps: Annotated[int, Field(ge=125, le=1000)] = 125
+    disk_iops: Annotated[int, Field(ge=3000, le=16000)] = 3000
 
     @field_validator("instance_types")
     @classmethod
@@ -206,6 +216,11 @@ class NodePoolConfig(ConfigSection):
         desired = self.initial_size
         if not self.min_size <= desired <= self.max_size:
             raise ValueError(f"desiredSize {desired} is outside minSize..maxSize ({self.min_size}..{self.max_size})")
+        if self.disk_throughput_mibps * 4 > self.disk_iops:
+            raise ValueError(
+                f"diskThroughputMibps {self.disk_throughput_mibps} needs at least {self.disk_throughput_mibps * 4} "
+                f"diskIops (gp3 allows 0.25 MiB/s per IOPS); raise diskIops or lower the throughput"
+            )
         return self
 
     @property
@@ -215,6 +230,8 @@ class NodePoolConfig(ConfigSection):
 
 class GpuNodePoolConfig(NodePoolConfig):
     disk_size_gib: Annotated[int, Field(ge=100, le=16384)] = 200
+    # 500 MiB/s writes a ~6 GB image plus a ~15 GB model in under a minute instead of ~3 (about USD 15 per node-month).
+    disk_throughput_mibps: Annotated[int, Field(ge=125, le=1000)] = 500
 
     @field_validator("instance_types")
     @classmethod
@@ -223,19 +240,37 @@ class GpuNodePoolConfig(NodePoolConfig):
             if value not in GPU_INSTANCE_TYPES:
                 raise ValueError(
                     f"{value!r} is not an NVIDIA GPU instance type (x86_64); use e.g. g6e.xlarge, g5.2xlarge, "
-                    "p5.48xlarge (see GPU_INSTANCE_TYPES in infra/stack/config/aws.py)"
+                    "p5.48xlarge (see GPU_INSTANCE_TYPES in infra/stack/config/instance_types.py)"
                 )
-        counts = {GPU_INSTANCE_TYPES[value] for value in values}
-        if len(counts) > 1:
-            raise ValueError(
-                f"mixes instance types with different GPU counts ({', '.join(values)}); "
-                "the autoscaler needs one shape per pool: use types with the same number of GPUs"
-            )
+        first = GPU_INSTANCE_TYPES[values[0]]
+        for value in values[1:]:
+            shape = GPU_INSTANCE_TYPES[value]
+            if shape.sizing != first.sizing:
+                raise ValueError(
+                    f"mixes node sizes: {value} has {_describe(shape)} but {values[0]} has {_describe(first)}; "
+                    "the cluster-autoscaler sizes a pool from its first type, so list types of one shape "
+                    "(e.g. g6.2xlarge and g5.2xlarge)"
+                )
         return values
 
     @property
-    def gpus_per_node(self) -> int:
+    def shape(self) -> GpuInstanceShape:
+        """The pool's node shape (every type has the same vCPUs, memory and GPUs)."""
         return GPU_INSTANCE_TYPES[self.instance_types[0]]
+
+    @property
+    def gpus_per_node(self) -> int:
+        return self.shape.gpus
+
+    @property
+    def accelerator(self) -> str:
+        """The `k8s.amazonaws.com/accelerator` label: the GPU model, or `nvidia` when the types' GPUs differ."""
+        models = {GPU_INSTANCE_TYPES[value].accelerator for value in self.instance_types}
+        return models.pop() if len(models) == 1 else "nvidia"
+
+
+def _describe(shape: GpuInstanceShape) -> str:
+    return f"{shape.vcpus} vCPU / {shape.memory_gib} GiB / {shape.gpus} GPU"
 
 
 class SpotGpuNodePoolConfig(GpuNodePoolConfig):
@@ -254,11 +289,16 @@ class NodePoolsConfig(ConfigSection):
     gpu_on_demand: GpuNodePoolConfig = GpuNodePoolConfig(instance_types=["g6e.xlarge"], min_size=0, max_size=2)
     # GPU burst capacity on spot, preferred by the autoscaler; falls back to gpuOnDemand when spot is short.
     gpu_spot: SpotGpuNodePoolConfig = SpotGpuNodePoolConfig(
-        instance_types=["g6e.xlarge", "g6e.2xlarge", "g5.2xlarge"], min_size=0, max_size=4
+        instance_types=["g6.2xlarge", "g5.2xlarge"], min_size=0, max_size=4
     )
 
 
 # ---------------------------------------------------------------------------------------- autoscaler, registry
+
+
+def duration_seconds(value: str) -> int:
+    """'10m' -> 600 (a duration the validators below accepted)."""
+    return int(value[:-1]) * {"s": 1, "m": 60, "h": 3600}[value[-1]]
 
 
 class ClusterAutoscalerConfig(ConfigSection):

@@ -32,6 +32,10 @@ _SUFFIX_FACTOR = {
 _S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$")
 _PROMETHEUS_DURATION = re.compile(r"^[0-9]+(ms|s|m|h|d|w|y)$")
 _PROMETHEUS_SIZE = re.compile(r"^[0-9]+(B|KB|MB|GB|TB|PB|EB)$")
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+# The weight files the server's loader reads (app/model/loader.py: LOADABLE_WEIGHTS): safetensors only.
+DEFAULT_MODEL_ID = "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
 
 
 def parse_quantity(value: str) -> Decimal:
@@ -77,8 +81,12 @@ class PrometheusConfig(_Section):
     # Prometheus deletes the oldest blocks past this size; keep it under the volume size.
     retention_size: str = "45GB"
     storage_size: str = "50Gi"
-    # None = the cluster's default StorageClass.
+    # None = the cluster's default StorageClass (on stacks this program creates: its encrypted gp3 class). Required
+    # with clusterSource existing: EKS 1.30+ marks no class default, and an unbound volume stalls the whole update.
     storage_class_name: str | None = None
+    # Scrape kube-controller-manager, kube-scheduler, etcd and kube-proxy. Off: managed control planes (EKS, GKE,
+    # AKS) do not expose them, and their "Down" alerts would fire forever. Turn on for self-managed clusters.
+    scrape_control_plane: bool = False
 
     @field_validator("retention")
     @classmethod
@@ -104,22 +112,64 @@ class GrafanaConfig(_Section):
     enabled: bool = True
 
 
+class AlertmanagerConfig(_Section):
+    enabled: bool = True
+    # Where alerts go. none: they show in Alertmanager's and Prometheus' UIs and are delivered nowhere. slack,
+    # pagerduty, webhook: the credential (Slack incoming-webhook URL, PagerDuty Events v2 routing key, webhook URL)
+    # is the `alertReceiverCredential` secret: `pulumi config set --secret alertReceiverCredential <value>`.
+    receiver: Literal["none", "slack", "pagerduty", "webhook"] = "none"
+    # The Slack channel (receiver slack only); None: the webhook's own channel.
+    slack_channel: str | None = None
+
+    @model_validator(mode="after")
+    def _channel_for_slack(self) -> Self:
+        if self.slack_channel is not None and self.receiver != "slack":
+            raise ValueError("alertmanager.slackChannel is set but alertmanager.receiver is not 'slack'")
+        if self.receiver != "none" and not self.enabled:
+            raise ValueError(f"alertmanager.receiver is {self.receiver!r} but alertmanager.enabled is false")
+        return self
+
+
 class AddonsConfig(_Section):
     """Cluster add-ons: GPU plumbing and the monitoring stack (the `addons` config object)."""
 
     gpu_namespace: str = "nvidia"
     monitoring_namespace: str = "monitoring"
+    # install: kube-prometheus-stack and prometheus-adapter from the pinned charts. existing: the cluster already
+    # runs the Prometheus Operator (its CRDs) and a prometheus-adapter in monitoringNamespace; the stack creates
+    # only its ServiceMonitor, PrometheusRule, dashboard ConfigMap and a ConfigMap of adapter rules to merge.
+    monitoring: Literal["install", "existing"] = "install"
+    # Labels put on the ServiceMonitor and PrometheusRule, for an existing Prometheus whose selectors ask for them
+    # (kube-prometheus-stack's default: `release: <its release name>`).
+    monitor_labels: dict[str, str] = {}
     # Turn these off on clusters where the NVIDIA GPU Operator already runs them.
     device_plugin: DevicePluginConfig = DevicePluginConfig()
     dcgm_exporter: DcgmExporterConfig = DcgmExporterConfig()
     prometheus: PrometheusConfig = PrometheusConfig()
     grafana: GrafanaConfig = GrafanaConfig()
-    alertmanager_enabled: bool = True
+    alertmanager: AlertmanagerConfig = AlertmanagerConfig()
 
     @field_validator("gpu_namespace", "monitoring_namespace")
     @classmethod
     def _namespaces(cls, value: str) -> str:
         return _dns_label(value)
+
+    @field_validator("monitor_labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, label in value.items():
+            if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(label):
+                raise ValueError(f"monitorLabels {key}: {label!r} is not a valid Kubernetes label")
+        return value
+
+    @model_validator(mode="after")
+    def _installed_monitoring_only(self) -> Self:
+        if self.monitoring == "existing" and self.alertmanager.receiver != "none":
+            raise ValueError(
+                "alertmanager.receiver configures the Alertmanager this stack installs; with monitoring 'existing' "
+                "route alerts in your own Alertmanager and set receiver: none"
+            )
+        return self
 
 
 # ------------------------------------------------------------------------------------------------------ inference
@@ -129,7 +179,8 @@ class ModelConfig(_Section):
     # Where the weights come from: a Hugging Face id downloaded by the server, or an S3 prefix copied by an
     # init container into the model cache (the pod's ServiceAccount then needs read access: see serviceAccountRoleArn).
     source: Literal["huggingface", "s3"] = "huggingface"
-    id: str = "deepseek-ai/deepseek-llm-7b-chat"
+    # DeepSeek-R1's 7B distillation (Qwen2 architecture), published as safetensors: the format the server loads.
+    id: str = DEFAULT_MODEL_ID
     s3_uri: str | None = None
     served_model_name: str | None = None
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
@@ -269,8 +320,9 @@ class InferenceConfig(_Section):
 
     name: str = "deepseek"
     namespace: str = "deepseek-inference"
-    # The server image (docker/): a fixed tag or a digest, never 'latest'.
-    image: str = "ghcr.io/deepseek-inference/server:0.1.0"
+    # The server image: a fixed tag or a digest, never 'latest'. None (the default): `pulumi up` builds
+    # docker/Dockerfile.cuda, pushes it to the stack's ECR repository and deploys it by digest (clusterSource eks).
+    image: str | None = None
     gpu_count: Annotated[int, Field(ge=1, le=8)] = 1
     # The stack must never serve without API keys (the `apiKeys` secret): set true for production stacks.
     require_api_keys: bool = False
@@ -291,7 +343,9 @@ class InferenceConfig(_Section):
 
     @field_validator("image")
     @classmethod
-    def _pinned_image(cls, value: str) -> str:
+    def _pinned_image(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         name, _, digest = value.partition("@")
         last = name.rsplit("/", 1)[-1]
         tag = last.partition(":")[2]

@@ -17,6 +17,7 @@ from stack.config.aws import (
     NodePoolsConfig,
 )
 from stack.config.base import ConfigSection
+from stack.config.cross_checks import cross_check
 from stack.config.errors import ConfigError, from_validation_error, key_path
 from stack.config.kubernetes import AddonsConfig, InferenceConfig, check_api_keys
 
@@ -31,7 +32,7 @@ OBJECT_KEYS: dict[str, str] = {
     "inference": "inference",
 }
 SCALAR_KEYS: dict[str, str] = {"clusterSource": "cluster_source", "environment": "environment"}
-SECRET_KEYS: tuple[str, ...] = ("kubeconfig", "apiKeys")
+SECRET_KEYS: tuple[str, ...] = ("kubeconfig", "apiKeys", "alertReceiverCredential")
 
 
 class StackConfig(ConfigSection):
@@ -58,6 +59,7 @@ class StackConfig(ConfigSection):
     # Secrets, as secret Outputs (never printed, encrypted in state).
     kubeconfig: pulumi.Output[str] | None = Field(default=None, exclude=True)
     api_keys: pulumi.Output[str] | None = Field(default=None, exclude=True)
+    alert_receiver_credential: pulumi.Output[str] | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
     def _source_needs(self) -> Self:
@@ -127,6 +129,9 @@ def load_stack_config(config: pulumi.Config | None = None, aws_config: pulumi.Co
     api_keys = config.get("apiKeys")
     if api_keys is not None:
         raw["api_keys"] = pulumi.Output.secret(api_keys)
+    alert_credential = config.get("alertReceiverCredential")
+    if alert_credential is not None:
+        raw["alert_receiver_credential"] = pulumi.Output.secret(alert_credential)
 
     try:
         stack_config = StackConfig.model_validate(raw)
@@ -136,6 +141,7 @@ def load_stack_config(config: pulumi.Config | None = None, aws_config: pulumi.Co
         check_api_keys(stack_config.inference, api_keys)
     except ValueError as error:
         raise ConfigError(key_path(namespace, ["apiKeys"]), str(error)) from None
+    cross_check(stack_config, alert_credential)
     return stack_config
 
 

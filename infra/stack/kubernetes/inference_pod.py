@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import pulumi
 import pulumi_kubernetes as k8s
 
 from stack import versions
@@ -35,7 +36,11 @@ class PodNames:
 
 
 def pod_template(
-    config: InferenceConfig, labels: dict[str, str], names: PodNames, annotations: dict[str, str]
+    config: InferenceConfig,
+    image: pulumi.Input[str],
+    labels: dict[str, str],
+    names: PodNames,
+    annotations: dict[str, str],
 ) -> k8s.core.v1.PodTemplateSpecArgs:
     return k8s.core.v1.PodTemplateSpecArgs(
         metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels, annotations=annotations),
@@ -57,7 +62,7 @@ def pod_template(
             affinity=_affinity(config),
             topology_spread_constraints=_spread(config, labels),
             init_containers=[_s3_download(config)] if config.model.source == "s3" else None,
-            containers=[_server(config, names)],
+            containers=[_server(config, image, names)],
             volumes=_volumes(config),
         ),
     )
@@ -154,7 +159,7 @@ def _environment(config: InferenceConfig, names: PodNames) -> list[k8s.core.v1.E
     return env
 
 
-def _server(config: InferenceConfig, names: PodNames) -> k8s.core.v1.ContainerArgs:
+def _server(config: InferenceConfig, image: pulumi.Input[str], names: PodNames) -> k8s.core.v1.ContainerArgs:
     resources = config.resources
     gpus = str(config.gpu_count)
 
@@ -163,7 +168,7 @@ def _server(config: InferenceConfig, names: PodNames) -> k8s.core.v1.ContainerAr
 
     return k8s.core.v1.ContainerArgs(
         name="server",
-        image=config.image,
+        image=image,
         # With a pinned tag or digest this only re-checks the manifest; it never runs a stale local copy.
         image_pull_policy="Always",
         command=["python", "-m", "app"],

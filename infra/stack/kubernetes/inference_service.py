@@ -21,17 +21,28 @@ from stack.kubernetes.common import (
 )
 from stack.kubernetes.inference_alerts import alert_rules
 from stack.kubernetes.inference_pod import API_KEYS_KEY, PodNames, pod_template
+from stack.kubernetes.rollout import RolloutBudget, minutes
+
+# Service await: only the load balancer's address. The provider's default also waits for ready endpoints, i.e. for
+# a GPU pod to load its model, and fails the update after 10 minutes while that is still under way.
+LOAD_BALANCER_AWAIT = "jsonpath={.status.loadBalancer.ingress}"
 
 
 @dataclass(frozen=True)
 class InferenceServiceArgs:
     config: InferenceConfig
+    # The server image: the one built in this run (by digest) or the stack's prebuilt `inference.image`.
+    image: pulumi.Input[str]
+    # How long a new GPU node may take to join (the autoscaler's maxNodeProvisionTime): part of the await budget.
+    node_provision_seconds: int
     # Comma-separated API keys (a Pulumi secret); None = open endpoint, refused when config.requireApiKeys
     # (load_stack_config already refused an empty secret there).
     api_keys: pulumi.Input[str] | None
     # Where Prometheus runs (its pods may scrape the server port).
     monitoring_namespace: str
     prometheus_pod_labels: dict[str, str]
+    # Extra labels on the ServiceMonitor and PrometheusRule (an existing Prometheus' selectors).
+    monitor_labels: dict[str, str] = field(default_factory=dict)
     # The monitoring stack's releases: CRDs for ServiceMonitor/PrometheusRule, the adapter for the HPA's metric.
     depends_on: Sequence[pulumi.Resource] = field(default_factory=tuple)
 
@@ -51,8 +62,12 @@ class InferenceService(pulumi.ComponentResource):
         selector = {"app.kubernetes.io/name": "deepseek-inference", "app.kubernetes.io/instance": config.name}
         labels = {**MANAGED_BY, **selector, "app.kubernetes.io/component": "server"}
 
-        def meta(object_name: str, annotations: dict[str, str] | None = None) -> k8s.meta.v1.ObjectMetaArgs:
-            return k8s.meta.v1.ObjectMetaArgs(name=object_name, namespace=ns, labels=labels, annotations=annotations)
+        def meta(
+            object_name: str, annotations: dict[str, str] | None = None, extra_labels: dict[str, str] | None = None
+        ) -> k8s.meta.v1.ObjectMetaArgs:
+            return k8s.meta.v1.ObjectMetaArgs(
+                name=object_name, namespace=ns, labels={**labels, **(extra_labels or {})}, annotations=annotations
+            )
 
         restricted = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "audit", "warn")}
         namespace = k8s.core.v1.Namespace(
@@ -100,9 +115,15 @@ class InferenceService(pulumi.ComponentResource):
             service_account=config.name, priority_class=f"{config.name}-inference", api_keys_secret=secret_name
         )
         skips = {"CKV_K8S_35": "the server reads API_KEYS from its environment by contract (app/settings.py)"}
-        if "@" not in config.image:
+        if config.image is not None and "@" not in config.image:
             skips["CKV_K8S_43"] = "the config model refuses 'latest' and untagged images; pin a digest to drop this"
         pod_annotations = checkov_skips(**skips)
+        budget = RolloutBudget(
+            node_provision_seconds=args.node_provision_seconds,
+            startup_seconds=config.lifecycle.startup_timeout_seconds,
+            termination_grace_seconds=config.lifecycle.termination_grace_period_seconds,
+            max_replicas=config.autoscaling.max_replicas,
+        )
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
             metadata=meta(config.name, pod_annotations),
@@ -115,10 +136,16 @@ class InferenceService(pulumi.ComponentResource):
                     rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(max_surge=1, max_unavailable=0),
                 ),
                 revision_history_limit=5,
-                progress_deadline_seconds=config.lifecycle.startup_timeout_seconds + 600,
-                template=pod_template(config, labels, names, pod_annotations),
+                progress_deadline_seconds=budget.progress_deadline_seconds,
+                template=pod_template(config, args.image, labels, names, pod_annotations),
             ),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=depends),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=depends,
+                custom_timeouts=pulumi.CustomTimeouts(
+                    create=minutes(budget.create_timeout_seconds), update=minutes(budget.update_timeout_seconds)
+                ),
+            ),
         )
         self.service = self._service(name, config, meta, selector, in_ns)
         self._autoscaling(name, config, meta, selector, args)
@@ -129,7 +156,7 @@ class InferenceService(pulumi.ComponentResource):
         self.service_name = pulumi.Output.from_input(config.name)
         self.endpoint = self.service.status.apply(_load_balancer_host)
         self.register_outputs(
-            {"namespace": self.namespace, "service_name": self.service_name, "endpoint": self.endpoint}
+            {"namespace": self.namespace, "serviceName": self.service_name, "endpoint": self.endpoint}
         )
 
     def _guard_rails(self, name: str, config: InferenceConfig, meta: _Meta, opts: pulumi.ResourceOptions) -> None:
@@ -179,6 +206,12 @@ class InferenceService(pulumi.ComponentResource):
             # An NLB from the cloud provider (see the README's Kubernetes layer for why not the LB Controller).
             "service.beta.kubernetes.io/aws-load-balancer-type": "nlb",
             "service.beta.kubernetes.io/aws-load-balancer-cross-zone-load-balancing-enabled": "true",
+            # Read by the AWS Load Balancer Controller, whose webhook takes over LoadBalancer Services where it runs
+            # and defaults to internal; the in-tree controller ignores it and reads the `internal` annotation.
+            "service.beta.kubernetes.io/aws-load-balancer-scheme": (
+                "internal" if service.internal else "internet-facing"
+            ),
+            "pulumi.com/waitFor": LOAD_BALANCER_AWAIT,
         }
         port = 80
         if service.internal:
@@ -205,7 +238,9 @@ class InferenceService(pulumi.ComponentResource):
         self, name: str, config: InferenceConfig, meta: _Meta, selector: dict[str, str], args: InferenceServiceArgs
     ) -> None:
         scaling = config.autoscaling
-        after = pulumi.ResourceOptions(parent=self, depends_on=[self.deployment, *args.depends_on])
+        # Not after the Deployment: both name it only, and a Deployment whose pods are still loading (or whose
+        # await timed out) must not keep the HPA and PDB from existing.
+        after = pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on))
         k8s.autoscaling.v2.HorizontalPodAutoscaler(
             f"{name}-hpa",
             metadata=meta(config.name),
@@ -311,11 +346,12 @@ class InferenceService(pulumi.ComponentResource):
         namespace: k8s.core.v1.Namespace,
     ) -> None:
         after_crds = pulumi.ResourceOptions(parent=self, depends_on=[namespace, *args.depends_on])
+        monitor_meta = meta(config.name, extra_labels=args.monitor_labels)
         k8s.apiextensions.CustomResource(
             f"{name}-service-monitor",
             api_version="monitoring.coreos.com/v1",
             kind="ServiceMonitor",
-            metadata=meta(config.name),
+            metadata=monitor_meta,
             spec={
                 "selector": {"matchLabels": selector},
                 "namespaceSelector": {"matchNames": [config.namespace]},
@@ -327,7 +363,7 @@ class InferenceService(pulumi.ComponentResource):
             f"{name}-alerts",
             api_version="monitoring.coreos.com/v1",
             kind="PrometheusRule",
-            metadata=meta(config.name),
+            metadata=monitor_meta,
             spec=alert_rules(config.namespace, config.name, config.lifecycle.startup_timeout_seconds),
             opts=after_crds,
         )
@@ -336,7 +372,9 @@ class InferenceService(pulumi.ComponentResource):
 class _Meta(Protocol):
     """The `meta` helper made in __init__: metadata in this service's namespace, with its labels."""
 
-    def __call__(self, object_name: str, annotations: dict[str, str] | None = None) -> k8s.meta.v1.ObjectMetaArgs: ...
+    def __call__(
+        self, object_name: str, annotations: dict[str, str] | None = None, extra_labels: dict[str, str] | None = None
+    ) -> k8s.meta.v1.ObjectMetaArgs: ...
 
 
 def _load_balancer_host(status: k8s.core.v1.outputs.ServiceStatus | None) -> str:

@@ -9,9 +9,11 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from stack.config import StackConfig
+from stack.config.aws import duration_seconds
 from stack.kubernetes.gpu_addons import GpuAddons, GpuAddonsArgs
 from stack.kubernetes.inference_service import InferenceService, InferenceServiceArgs
 from stack.kubernetes.monitoring import PROMETHEUS_POD_LABELS, Monitoring, MonitoringArgs
+from stack.kubernetes.rollout import DEFAULT_NODE_PROVISION_SECONDS
 from stack.kubernetes.storage import ClusterStorage
 
 
@@ -33,9 +35,10 @@ class KubernetesLayerOutputs:
 
 
 def deploy_kubernetes_layer(
-    config: StackConfig, provider: k8s.Provider, depends_on: Sequence[pulumi.Resource]
+    config: StackConfig, provider: k8s.Provider, depends_on: Sequence[pulumi.Resource], image: pulumi.Input[str]
 ) -> KubernetesLayerOutputs:
-    """Builds every Kubernetes component with `provider` (the EKS cluster's, or an existing cluster's).
+    """Builds every Kubernetes component with `provider` (the EKS cluster's, or an existing cluster's); the
+    inference pods run `image` (built in this run, or the stack's prebuilt one).
 
     Order: on a cluster this stack made, a default StorageClass first (volumes); then the monitoring stack (its
     CRDs back every ServiceMonitor and PrometheusRule, its adapter the HPA's metric); then the GPU add-ons (the DCGM
@@ -56,7 +59,12 @@ def deploy_kubernetes_layer(
             storage_size=addons.prometheus.storage_size,
             storage_class_name=addons.prometheus.storage_class_name,
             grafana=addons.grafana.enabled,
-            alertmanager=addons.alertmanager_enabled,
+            alertmanager=addons.alertmanager.enabled,
+            mode=addons.monitoring,
+            scrape_control_plane=addons.prometheus.scrape_control_plane,
+            alert_receiver=addons.alertmanager.receiver,
+            slack_channel=addons.alertmanager.slack_channel,
+            alert_receiver_credential=config.alert_receiver_credential,
         ),
         opts=opts,
     )
@@ -71,13 +79,19 @@ def deploy_kubernetes_layer(
         ),
         opts=opts,
     )
+    node_provision_seconds = DEFAULT_NODE_PROVISION_SECONDS
+    if config.cluster_source == "eks":
+        node_provision_seconds = duration_seconds(config.cluster_autoscaler.max_node_provision_time)
     inference = InferenceService(
         f"inference-{config.inference.name}",
         InferenceServiceArgs(
             config=config.inference,
+            image=image,
+            node_provision_seconds=node_provision_seconds,
             api_keys=config.api_keys,
             monitoring_namespace=addons.monitoring_namespace,
             prometheus_pod_labels=PROMETHEUS_POD_LABELS,
+            monitor_labels=addons.monitor_labels,
             depends_on=monitoring.releases,
         ),
         opts=opts,

@@ -33,4 +33,4 @@ class ClusterStorage(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.storage_class = storage_class.metadata.apply(lambda metadata: metadata.name or GP3)
-        self.register_outputs({"storage_class": self.storage_class})
+        self.register_outputs({"storageClass": self.storage_class})

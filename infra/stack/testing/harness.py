@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import runpy
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pulumi
 import yaml
+from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.settings import ROOT, get_root_resource
 
-from stack.testing.mocks import RecordedCall, RecordedResource, RecordingMocks
+from stack.testing.docker_stand_in import docker_ping_stand_in
+from stack.testing.mocks import RecordedCall, RecordedOptions, RecordedResource, RecordingMocks
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 PROGRAM = REPO_ROOT / "infra" / "__main__.py"
@@ -28,8 +31,12 @@ class ProgramRun:
     stack: str
     resources: list[RecordedResource]
     calls: list[RecordedCall]
+    options: dict[str, RecordedOptions] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
     secret_outputs: set[str] = field(default_factory=set)
+
+    def options_of(self, resource: RecordedResource) -> RecordedOptions:
+        return self.options[f"{resource.type} {resource.name}"]
 
     def of_type(self, typ: str) -> list[RecordedResource]:
         return [resource for resource in self.resources if resource.type == typ]
@@ -113,17 +120,19 @@ def run_program(
     mocks: RecordingMocks | None = None,
     program: Path | Callable[[], None] = PROGRAM,
     project: str = PROJECT,
+    docker: bool = True,
 ) -> ProgramRun:
     """Runs the program (a file, or a function for unit tests of one component) once under mocks.
 
-    Exceptions it raises (e.g. `pulumi.RunError`) propagate.
+    `docker`: a stand-in Docker engine answers the program's probe (the mocks never build an image); False leaves
+    the machine's own DOCKER_HOST, engine or none. Exceptions the program raises (e.g. `pulumi.RunError`) propagate.
     """
     mocks = mocks or RecordingMocks(region=config.get("aws:region", "us-west-2"))
     _ensure_event_loop()
     ROOT.set(None)
     pulumi.runtime.set_all_config(dict(config), list(secret_keys))
     pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False)
-    run = ProgramRun(stack=stack, resources=mocks.resources, calls=mocks.calls)
+    run = ProgramRun(stack=stack, resources=mocks.resources, calls=mocks.calls, options=mocks.options)
 
     async def collect_outputs() -> None:
         root = get_root_resource()
@@ -142,8 +151,27 @@ def run_program(
         return collect_outputs()
 
     run_under_mocks: Callable[[Callable[[], Any]], Callable[[], None]] = pulumi.runtime.test
-    run_under_mocks(body)()
+    with _recording_requests(), docker_ping_stand_in() if docker else contextlib.nullcontext():
+        run_under_mocks(body)()
     return run
+
+
+@contextlib.contextmanager
+def _recording_requests() -> Iterator[None]:
+    """Lets RecordingMocks see each RegisterResource request (custom timeouts, dependencies), which the mock
+    monitor does not pass on."""
+    original: Callable[[MockMonitor, Any], Any] = MockMonitor.RegisterResource
+
+    def register(monitor: MockMonitor, request: Any) -> Any:
+        if isinstance(monitor.mocks, RecordingMocks):
+            monitor.mocks.record_request(request)
+        return original(monitor, request)
+
+    setattr(MockMonitor, "RegisterResource", register)  # noqa: B010 (mypy refuses assigning to a method)
+    try:
+        yield
+    finally:
+        setattr(MockMonitor, "RegisterResource", original)  # noqa: B010
 
 
 def run_stack(
@@ -151,7 +179,8 @@ def run_stack(
     overrides: Mapping[str, Any] | None = None,
     secrets: Mapping[str, str] | None = None,
     mocks: RecordingMocks | None = None,
+    docker: bool = True,
 ) -> ProgramRun:
     """`run_program` configured from Pulumi.<stack>.yaml."""
     config, secret_keys = stack_config(stack, overrides, secrets)
-    return run_program(config, stack=stack, secret_keys=secret_keys, mocks=mocks)
+    return run_program(config, stack=stack, secret_keys=secret_keys, mocks=mocks, docker=docker)

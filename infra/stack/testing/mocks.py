@@ -10,6 +10,7 @@ from typing import Any
 import pulumi
 
 ACCOUNT = "123456789012"
+MOCK_IMAGE_DIGEST = "sha256:" + "ab" * 32
 # How the engine marks a secret value in serialized properties.
 _SECRET_SIG = ("4dabf18193072939515e22adb298388d", "1b47061264138c4ac30d75fd1eb44270")
 
@@ -37,6 +38,18 @@ class RecordedResource:
 
 
 @dataclass(frozen=True)
+class RecordedOptions:
+    """Resource options the mocks are not told about, read from the engine request itself."""
+
+    # create / update / delete, as the program set them ("" when not set).
+    custom_timeouts: dict[str, str]
+    # "type name" of every resource this one depends on (explicitly, or through the outputs it takes).
+    depends_on: list[str]
+    # The provider plugin version the program asked for ("" = whatever is installed).
+    plugin_version: str
+
+
+@dataclass(frozen=True)
 class RecordedCall:
     token: str
     args: dict[str, Any] = field(default_factory=dict)
@@ -52,6 +65,17 @@ class RecordingMocks(pulumi.runtime.Mocks):
         self.region = region
         self.resources: list[RecordedResource] = []
         self.calls: list[RecordedCall] = []
+        # "type name" -> options; filled by the harness, which sees the engine requests.
+        self.options: dict[str, RecordedOptions] = {}
+
+    def record_request(self, request: Any) -> None:
+        """Called by the harness with each RegisterResource request, before `new_resource`."""
+        timeouts = request.customTimeouts
+        self.options[f"{request.type} {request.name}"] = RecordedOptions(
+            custom_timeouts={"create": timeouts.create, "update": timeouts.update, "delete": timeouts.delete},
+            depends_on=[_type_and_name(urn) for urn in request.dependencies],
+            plugin_version=request.version,
+        )
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[Any, Any]]:
         inputs = copy.deepcopy(dict(args.inputs))
@@ -62,10 +86,16 @@ class RecordingMocks(pulumi.runtime.Mocks):
     # A plain dict: the mock monitor breaks on the (outputs, failures) tuple the base class declares.
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[Any, Any]:  # type: ignore[override]
         self.calls.append(RecordedCall(args.token, dict(args.args)))
+        if args.token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
+            registry = f"{ACCOUNT}.dkr.ecr.{self.region}.amazonaws.com"
+            return {"userName": "AWS", "password": "mock-ecr-password", "proxyEndpoint": f"https://{registry}"}
         return {}
 
     def fake_outputs(self, typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
         """Computed outputs a real provider would return for `typ` (only those our program reads)."""
+        if typ == "docker-build:index:Image":
+            # What the provider reports after a push: the first tag with the pushed digest.
+            return {"ref": f"{inputs['tags'][0]}@{MOCK_IMAGE_DIGEST}", "digest": MOCK_IMAGE_DIGEST}
         if not typ.startswith("aws:"):
             return {}
         resource_name = inputs.get("name", name)
@@ -94,6 +124,13 @@ class RecordingMocks(pulumi.runtime.Mocks):
             outputs |= {"latestVersion": 1, "defaultVersion": 1}
         elif typ == "aws:ecr/repository:Repository":
             outputs["repositoryUrl"] = f"{ACCOUNT}.dkr.ecr.{self.region}.amazonaws.com/{resource_name}"
+            outputs["registryId"] = ACCOUNT
         elif typ == "aws:eks/accessEntry:AccessEntry":
             outputs["principalArn"] = inputs.get("principalArn")
         return outputs
+
+
+def _type_and_name(urn: str) -> str:
+    """'urn:pulumi:stack::project::parent$type::name' -> 'type name'."""
+    parts = urn.split("::")
+    return f"{parts[2].split('$')[-1]} {parts[3]}"

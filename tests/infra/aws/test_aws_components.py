@@ -43,6 +43,7 @@ def pool_args(**overrides: object) -> NodePoolArgs:
         "labels": {"nvidia.com/gpu.present": "true"},
         "taints": [Taint("nvidia.com/gpu", "true", "NO_SCHEDULE")],
         "gpus_per_node": 1,
+        "kubernetes_version": "1.35",
     }
     values.update(overrides)
     return NodePoolArgs(**values)  # type: ignore[arg-type]
@@ -89,16 +90,24 @@ def test_node_pool_tags_its_autoscaling_group() -> None:
     assert len(tags) == 3
 
 
+def test_node_pool_follows_the_cluster_version_and_sets_root_volume_throughput() -> None:
+    result = run(lambda: NodePool("gpu", pool_args(kubernetes_version="1.35", disk_throughput_mibps=500)))
+    assert result.one("aws:eks/nodeGroup:NodeGroup").inputs["version"] == "1.35"
+    ebs = result.one("aws:ec2/launchTemplate:LaunchTemplate").inputs["blockDeviceMappings"][0]["ebs"]
+    assert (ebs["throughput"], ebs["iops"]) == (500, 3000)
+
+
 def cluster_args(**overrides: object) -> ClusterArgs:
     values: dict[str, object] = {
         "name": "c",
-        "version": "1.34",
+        "version": "1.35",
         "region": "us-west-2",
         "subnet_ids": ["subnet-a", "subnet-b"],
         "endpoint_private_access": True,
         "endpoint_public_access": True,
         "public_access_cidrs": ["203.0.113.0/24"],
         "admin_principal_arns": [],
+        "viewer_principal_arns": [],
         "bootstrap_creator_admin": True,
         "log_types": ["api", "audit", "authenticator"],
         "log_retention_days": 7,
@@ -127,13 +136,38 @@ def test_private_only_cluster_sends_no_public_cidrs() -> None:
     assert addons == {"vpc-cni", "kube-proxy", "eks-pod-identity-agent"}
 
 
+def test_vpc_cni_enforces_network_policies() -> None:
+    result = run(lambda: Cluster("eks", cluster_args()))
+    (vpc_cni,) = [a for a in result.of_type("aws:eks/addon:Addon") if a.inputs["addonName"] == "vpc-cni"]
+    assert json.loads(vpc_cni.inputs["configurationValues"]) == {"enableNetworkPolicy": "true"}
+    others = [a for a in result.of_type("aws:eks/addon:Addon") if a.inputs["addonName"] != "vpc-cni"]
+    assert all("configurationValues" not in addon.inputs for addon in others)
+
+
+def test_viewers_get_view_only_access_entries() -> None:
+    viewer = "arn:aws:iam::123456789012:role/preview"
+    admin = "arn:aws:iam::123456789012:role/admin"
+    result = run(lambda: Cluster("eks", cluster_args(admin_principal_arns=[admin], viewer_principal_arns=[viewer])))
+    policies = {
+        association.inputs["principalArn"]: association.inputs["policyArn"]
+        for association in result.of_type("aws:eks/accessPolicyAssociation:AccessPolicyAssociation")
+    }
+    assert policies == {
+        admin: "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy",
+        viewer: "arn:aws:eks::aws:cluster-access-policy/AmazonEKSViewPolicy",
+    }
+    assert {entry.name for entry in result.of_type("aws:eks/accessEntry:AccessEntry")} == {"eks-admin-0", "eks-viewer-0"}
+
+
 def test_image_registry_lifecycle_and_encryption() -> None:
     policy = json.loads(lifecycle_policy(7))
     assert policy["rules"][0]["selection"] == {"tagStatus": "any", "countType": "imageCountMoreThan", "countNumber": 7}
     result = run(lambda: ImageRegistry("images", ImageRegistryArgs("repo", 7, "AES256", False, TAGS)))
     repository = result.one("aws:ecr/repository:Repository").inputs
     assert repository["encryptionConfigurations"] == [{"encryptionType": "AES256"}]
-    assert repository["imageTagMutability"] == "IMMUTABLE"
+    # Every tag is immutable except the build cache, which each `pulumi up` rewrites.
+    assert repository["imageTagMutability"] == "IMMUTABLE_WITH_EXCLUSION"
+    assert repository["imageTagMutabilityExclusionFilters"] == [{"filter": "buildcache", "filterType": "WILDCARD"}]
 
 
 def test_pod_identity_role_trusts_pods_and_associates() -> None:

@@ -20,7 +20,6 @@ VARIANT_INFERENCE = {
     "namespace": "r1",
     "image": "123456789012.dkr.ecr.us-west-2.amazonaws.com/deepseek-inference@sha256:" + "a" * 64,
     "gpuCount": 2,
-    "serviceAccountRoleArn": "arn:aws:iam::123456789012:role/model-reader",
     "model": {"source": "s3", "s3Uri": "s3://models-bucket/deepseek/r1-distill-qwen-14b/", "dtype": "float16"},
     "modelCache": {"type": "ephemeral", "size": "100Gi", "storageClassName": "gp3"},
     "autoscaling": {"minReplicas": 2, "maxReplicas": 6, "targetRequestsPerPod": 12},
@@ -33,16 +32,40 @@ VARIANT_INFERENCE = {
     },
 }
 VARIANT_ADDONS = {"devicePlugin": {"timeSlicingReplicas": 4}, "prometheus": {"storageClassName": "gp3"}}
+# Two GPUs per pod need pools of 4-GPU nodes (one shape per pool).
+VARIANT_POOLS = {
+    "system": {"instanceTypes": ["m6i.large", "m7i.large"], "minSize": 1, "maxSize": 3},
+    "gpuOnDemand": {"instanceTypes": ["g6e.12xlarge"], "minSize": 0, "maxSize": 2},
+    "gpuSpot": {"instanceTypes": ["g6.12xlarge", "g5.12xlarge"], "minSize": 0, "maxSize": 3},
+}
+# An existing cluster names what it has: a prebuilt image and the StorageClass for Prometheus.
+EXISTING_CLUSTER = {
+    "clusterSource": "existing",
+    "inference": {"image": "registry.example.com/deepseek/server:1.2.3"},
+    "addons": {"prometheus": {"storageClassName": "standard"}},
+}
+# An existing cluster that already runs the Prometheus Operator and prometheus-adapter.
+EXISTING_MONITORING = {
+    **EXISTING_CLUSTER,
+    "addons": {"monitoring": "existing", "monitorLabels": {"release": "kube-prometheus-stack"}},
+}
 
 
 @pytest.fixture(scope="session")
 def variant_run() -> ProgramRun:
-    return run_stack("dev", overrides={"inference": VARIANT_INFERENCE, "addons": VARIANT_ADDONS})
+    return run_stack(
+        "dev", overrides={"inference": VARIANT_INFERENCE, "addons": VARIANT_ADDONS, "nodePools": VARIANT_POOLS}
+    )
 
 
 @pytest.fixture(scope="session")
 def existing_run() -> ProgramRun:
-    return run_stack("dev", overrides={"clusterSource": "existing"}, secrets=PLACEHOLDER_SECRETS)
+    return run_stack("dev", overrides=EXISTING_CLUSTER, secrets=PLACEHOLDER_SECRETS)
+
+
+@pytest.fixture(scope="session")
+def existing_monitoring_run() -> ProgramRun:
+    return run_stack("dev", overrides=EXISTING_MONITORING, secrets=PLACEHOLDER_SECRETS)
 
 
 @pytest.fixture(scope="session")
