@@ -20,6 +20,11 @@ from app.model.chat_template import DEEPSEEK_CHAT_TEMPLATE
 
 Progress = Callable[[str], None]
 
+# The weight formats the server loads: safetensors only (no pickled `.bin`/`.pt` files, which run code when read).
+# The Hub download fetches exactly these, and a checkpoint without any is refused before anything is loaded.
+LOADABLE_WEIGHTS = ("*.safetensors",)
+_HUB_FILES = ["*.json", *LOADABLE_WEIGHTS, "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+
 
 class ModelLoadError(Exception):
     """The model could not be loaded; the message says which source and why, in one line."""
@@ -77,17 +82,29 @@ def resolve_source(model: str | None, progress: Progress) -> Path:
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelLoadError(f"--model {model}: the directory has no config.json; is it a checkpoint?")
-        return path
+        return _with_loadable_weights(model, path)
     if model.startswith(("/", "./", "../", "~")) or path.exists():
         raise ModelLoadError(f"--model {model}: no such directory")
     progress(f"downloading {model} from the Hugging Face Hub (or reusing the HF_HOME cache)")
     try:
         from huggingface_hub import snapshot_download
 
-        patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
-        return Path(snapshot_download(model, allow_patterns=patterns))
+        directory = Path(snapshot_download(model, allow_patterns=_HUB_FILES))
     except Exception as error:
         raise ModelLoadError(f"--model {model}: could not fetch it from the Hugging Face Hub: {error}") from None
+    return _with_loadable_weights(model, directory)
+
+
+def _with_loadable_weights(model: str, directory: Path) -> Path:
+    """`directory`, once it is known to hold weights the server can load; otherwise one line saying what it holds."""
+    if any(next(directory.rglob(pattern), None) for pattern in LOADABLE_WEIGHTS):
+        return directory
+    others = sorted({path.suffix for path in directory.rglob("*") if path.suffix in (".bin", ".pt", ".pth", ".gguf")})
+    found = f"only {', '.join(others)} weights" if others else "no weight files"
+    raise ModelLoadError(
+        f"--model {model}: the checkpoint has {found}; the server loads {', '.join(LOADABLE_WEIGHTS)} only "
+        "(pick a repository that publishes safetensors, or convert it with transformers' save_pretrained)"
+    )
 
 
 def load_tokenizer(directory: Path, progress: Progress) -> Any:

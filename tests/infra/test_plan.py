@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from stack import versions
 from stack.plan import REDACTED, Plan, main, run_plan, write_plan
 from stack.testing import REPO_ROOT
 from stack.testing.harness import stack_settings
@@ -22,7 +23,7 @@ CRD_SCHEMAS = REPO_ROOT / "tests" / "infra" / "kubernetes" / "crd_schemas"
 STACKS = ["dev", "prod"]
 # kubernetes-validate's schemas go up to 1.37; a stack without cluster.version (an existing cluster) is checked
 # against this one.
-DEFAULT_KUBERNETES_VERSION = "1.34"
+DEFAULT_KUBERNETES_VERSION = versions.DEFAULT_KUBERNETES_VERSION
 
 
 @dataclass(frozen=True)

@@ -287,3 +287,66 @@ def test_existing_cluster_creates_no_aws_resources() -> None:
     (provider,) = run.of_type("pulumi:providers:kubernetes")
     assert provider.inputs["kubeconfig"] == kubeconfig
     assert "clusterName" not in run.outputs
+
+
+# --- first deploy ------------------------------------------------------------------------------------------------
+
+
+def test_gpu_pools_carry_the_autoscalers_gpu_label(run: ProgramRun) -> None:
+    tags = run.of_type("aws:autoscaling/tag:Tag")
+    for pool in ("gpu-on-demand", "gpu-spot"):
+        accelerator = node_group(run, pool).inputs["labels"]["k8s.amazonaws.com/accelerator"]
+        # The GPU model, or plain "nvidia" for a pool whose types carry different GPUs (dev's L4 + A10G spot pool).
+        assert accelerator.startswith("nvidia")
+        # ... and so does the node template a pool scaled to zero is judged by.
+        asg = f"eks-{pool}-mock-mock-uuid"
+        hints = {
+            t.inputs["tag"]["key"]: t.inputs["tag"]["value"] for t in tags if t.inputs["autoscalingGroupName"] == asg
+        }
+        assert hints[f"{TEMPLATE}/label/k8s.amazonaws.com/accelerator"] == accelerator
+    assert "k8s.amazonaws.com/accelerator" not in node_group(run, "system").inputs["labels"]
+
+
+def test_node_groups_follow_the_cluster_version(run: ProgramRun) -> None:
+    version = run.one("aws:eks/cluster:Cluster").inputs["version"]
+    assert version == "1.35"
+    for pool in ("system", "gpu-on-demand", "gpu-spot"):
+        assert node_group(run, pool).inputs["version"] == version
+
+
+def test_gpu_root_volumes_get_more_throughput_than_the_system_pool(run: ProgramRun) -> None:
+    templates = {t.name: t.inputs["blockDeviceMappings"][0]["ebs"] for t in run.of_type(LAUNCH_TEMPLATE)}
+    assert templates["system"]["throughput"] == 125
+    assert templates["gpu-spot"]["throughput"] == templates["gpu-on-demand"]["throughput"] == 500
+
+
+def test_s3_models_are_read_through_pod_identity() -> None:
+    inference = dict(settings("dev", "inference"), model={"source": "s3", "s3Uri": "s3://models/deepseek/r1-7b/"})
+    run = run_stack("dev", overrides={"inference": inference})
+    (association,) = [
+        a.inputs
+        for a in run.of_type("aws:eks/podIdentityAssociation:PodIdentityAssociation")
+        if a.inputs["namespace"] == "deepseek-inference"
+    ]
+    assert association["serviceAccount"] == "deepseek"
+    account = run.one("kubernetes:core/v1:ServiceAccount").inputs["metadata"]
+    assert account["name"] == association["serviceAccount"] and account["namespace"] == association["namespace"]
+    policy = json.loads(run.one("aws:iam/rolePolicy:RolePolicy", "model-reader-inline").inputs["policy"])
+    listing, reading = policy["Statement"]
+    assert listing["Resource"] == "arn:aws:s3:::models"
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["deepseek/r1-7b", "deepseek/r1-7b/*"]}}
+    assert (reading["Action"], reading["Resource"]) == ("s3:GetObject", "arn:aws:s3:::models/deepseek/r1-7b/*")
+    # The pods start only once the association exists (credentials are injected at pod creation).
+    deployment = run.one("kubernetes:apps/v1:Deployment")
+    provider = run.one("pulumi:providers:kubernetes", "eks")
+    dependencies = run.options_of(provider).depends_on
+    assert "aws:eks/podIdentityAssociation:PodIdentityAssociation model-reader" in dependencies
+    assert (deployment.provider or "").split("::")[-2] == "eks", "the Deployment goes through that provider"
+
+
+def test_viewers_from_the_stack_file_get_read_only_access() -> None:
+    cluster = dict(settings("dev", "cluster"), viewers=["arn:aws:iam::123456789012:role/github-preview"])
+    run = run_stack("dev", overrides={"cluster": cluster})
+    association = run.one("aws:eks/accessPolicyAssociation:AccessPolicyAssociation").inputs
+    assert association["principalArn"] == "arn:aws:iam::123456789012:role/github-preview"
+    assert association["policyArn"].endswith("/AmazonEKSViewPolicy")

@@ -11,6 +11,8 @@ TIME_TO_FIRST_TOKEN = "deepseek_time_to_first_token_seconds"
 INTER_TOKEN_LATENCY = "deepseek_inter_token_latency_seconds"
 PROMPT_TOKENS = "deepseek_prompt_tokens_total"
 GENERATION_TOKENS = "deepseek_generation_tokens_total"
+# 1 from the moment the model is loaded: the one series every serving pod has before its first request.
+MODEL_LOADED = "deepseek_model_loaded"
 # DCGM exporter: GPU utilisation in percent, labelled with the pod using the GPU (honorLabels keeps them).
 GPU_UTIL = "DCGM_FI_DEV_GPU_UTIL"
 

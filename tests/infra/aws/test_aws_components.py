@@ -156,7 +156,10 @@ def test_viewers_get_view_only_access_entries() -> None:
         admin: "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy",
         viewer: "arn:aws:eks::aws:cluster-access-policy/AmazonEKSViewPolicy",
     }
-    assert {entry.name for entry in result.of_type("aws:eks/accessEntry:AccessEntry")} == {"eks-admin-0", "eks-viewer-0"}
+    assert {entry.name for entry in result.of_type("aws:eks/accessEntry:AccessEntry")} == {
+        "eks-admin-0",
+        "eks-viewer-0",
+    }
 
 
 def test_image_registry_lifecycle_and_encryption() -> None:

@@ -49,5 +49,5 @@ def test_tag_is_stable_and_changes_with_the_server_code_or_dockerfile(tmp_path: 
 
 @pytest.mark.parametrize("text", ["app/\n", "*\n!app/**\n", "*\n!app/\ntests/**/x\n"])
 def test_dockerignore_forms_the_tag_cannot_follow_are_refused(text: str) -> None:
-    with pytest.raises(ValueError, match=".dockerignore"):
+    with pytest.raises(ValueError, match=r"\.dockerignore"):
         ContextRules.parse(text)

@@ -5,10 +5,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import yaml
 from stack import versions
 from stack.kubernetes import metrics
-from stack.kubernetes.monitoring import DASHBOARD_FILE
-from stack.testing import ProgramRun
+from stack.kubernetes.monitoring import (
+    DASHBOARD_FILE,
+    MonitoringArgs,
+    alertmanager_values,
+    kube_prometheus_stack_values,
+)
+from stack.testing import ProgramRun, run_stack
 
 RELEASE = "kubernetes:helm.sh/v3:Release"
 GPU_NODES_ONLY = {
@@ -122,3 +128,89 @@ def test_dashboard_charts_the_server_metrics() -> None:
         assert metric in expressions, metric
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+# --- first deploy: monitoring that works on EKS and on clusters that already have it ------------------------------
+
+
+def test_control_plane_scrapes_are_off_on_eks(dev_run: ProgramRun, prod_run: ProgramRun) -> None:
+    for run in (dev_run, prod_run):
+        values = release(run, "kube-prometheus-stack")["values"]
+        for component in ("kubeControllerManager", "kubeScheduler", "kubeEtcd", "kubeProxy"):
+            # The chart gates the scrape and its "Down" alert rules on this one flag.
+            assert values[component] == {"enabled": False}, component
+
+
+def test_control_plane_scrapes_can_be_turned_on_for_self_managed_clusters() -> None:
+    args = MonitoringArgs("monitoring", "15d", "45GB", "50Gi", scrape_control_plane=True)
+    assert "kubeScheduler" not in kube_prometheus_stack_values(args)
+
+
+def test_prometheus_volume_goes_with_prometheus(dev_run: ProgramRun) -> None:
+    spec = release(dev_run, "kube-prometheus-stack")["values"]["prometheus"]["prometheusSpec"]
+    assert spec["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Delete", "whenScaled": "Retain"}
+
+
+def test_without_a_receiver_alertmanager_keeps_the_charts_null_route(dev_run: ProgramRun) -> None:
+    alertmanager = release(dev_run, "kube-prometheus-stack")["values"]["alertmanager"]
+    assert alertmanager == {"enabled": True}
+    assert not [r for r in dev_run.of_type("kubernetes:core/v1:Secret") if r.name == "monitoring-alert-receiver"]
+
+
+def test_slack_receiver_reads_its_url_from_a_mounted_secret() -> None:
+    url = "https://hooks.slack.com/services/T000/B000/XXXX"
+    addons = {"alertmanager": {"receiver": "slack", "slackChannel": "#llm-alerts"}}
+    run = run_stack("dev", overrides={"addons": addons}, secrets={"apiKeys": "k", "alertReceiverCredential": url})
+    values = release(run, "kube-prometheus-stack")["values"]["alertmanager"]
+    assert values["alertmanagerSpec"] == {"secrets": ["alert-receiver"]}
+    route = values["config"]["route"]
+    assert route["receiver"] == "slack"
+    (slack,) = next(r for r in values["config"]["receivers"] if r["name"] == "slack")["slack_configs"]
+    assert slack == {
+        "api_url_file": "/etc/alertmanager/secrets/alert-receiver/credential",
+        "send_resolved": True,
+        "channel": "#llm-alerts",
+    }
+    assert url not in json.dumps(values), "the URL stays in the Secret, out of the Helm values"
+    secret = run.one("kubernetes:core/v1:Secret", "monitoring-alert-receiver").inputs
+    assert secret["stringData"] == {"credential": url}
+    assert secret["metadata"]["namespace"] == "monitoring"
+
+
+def test_pagerduty_and_webhook_receivers_use_their_file_fields() -> None:
+    for receiver, field, key in (
+        ("pagerduty", "pagerduty_configs", "routing_key_file"),
+        ("webhook", "webhook_configs", "url_file"),
+    ):
+        args = MonitoringArgs("m", "15d", "45GB", "50Gi", alert_receiver=receiver, alert_receiver_credential="x")  # type: ignore[arg-type]
+        config: Any = alertmanager_values(args)["config"]
+        (entry,) = next(r for r in config["receivers"] if r["name"] == receiver)[field]
+        assert entry[key] == "/etc/alertmanager/secrets/alert-receiver/credential"
+
+
+def test_existing_monitoring_installs_no_chart_and_no_second_adapter(existing_monitoring_run: ProgramRun) -> None:
+    charts = {r.inputs["chart"] for r in existing_monitoring_run.of_type(RELEASE)}
+    assert "kube-prometheus-stack" not in charts and "prometheus-adapter" not in charts
+    namespaces = {r.inputs["metadata"]["name"] for r in existing_monitoring_run.of_type("kubernetes:core/v1:Namespace")}
+    assert "monitoring" not in namespaces, "the cluster's monitoring namespace is used, not created"
+
+
+def test_existing_monitoring_gets_our_objects_as_the_cluster_expects(existing_monitoring_run: ProgramRun) -> None:
+    run = existing_monitoring_run
+    for kind in ("ServiceMonitor", "PrometheusRule"):
+        (monitor,) = [r for r in run.resources if r.inputs.get("kind") == kind]
+        assert monitor.inputs["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    rules = run.one("kubernetes:core/v1:ConfigMap", "monitoring-adapter-rules").inputs
+    assert rules["metadata"]["namespace"] == "monitoring"
+    assert yaml.safe_load(rules["data"]["config.yaml"]) == {"rules": metrics.adapter_rules()}
+    dashboard = run.one("kubernetes:core/v1:ConfigMap", "monitoring-dashboard").inputs
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    hpa = run.one("kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
+    assert run.options_of(hpa).depends_on == [], "nothing to wait for: the adapter is already there"
+
+
+def test_dashboard_variables_read_a_series_that_exists_before_the_first_request() -> None:
+    dashboard = json.loads(DASHBOARD_FILE.read_text(encoding="utf-8"))
+    for variable in dashboard["templating"]["list"]:
+        if variable.get("type") == "query":
+            assert metrics.MODEL_LOADED in variable["definition"], variable["name"]

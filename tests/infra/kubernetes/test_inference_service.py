@@ -169,6 +169,13 @@ def test_service_is_a_load_balancer_selecting_the_pods(objects: Objects, dev_run
     assert service["metadata"]["annotations"]["service.beta.kubernetes.io/aws-load-balancer-type"] == "nlb"
 
 
+def test_load_balancer_scheme_is_always_set(objects: Objects, dev_run: ProgramRun, variant_run: ProgramRun) -> None:
+    # The AWS Load Balancer Controller's webhook defaults a Service without it to an internal NLB.
+    for run, scheme in ((dev_run, "internet-facing"), (variant_run, "internal")):
+        annotations = one(objects, run, "Service")["metadata"]["annotations"]
+        assert annotations["service.beta.kubernetes.io/aws-load-balancer-scheme"] == scheme
+
+
 def test_internal_tls_load_balancer(objects: Objects, variant_run: ProgramRun) -> None:
     service = one(objects, variant_run, "Service")
     annotations = service["metadata"]["annotations"]

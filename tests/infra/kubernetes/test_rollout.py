@@ -14,7 +14,9 @@ NS = "deepseek-inference"
 
 
 def test_budget_adds_node_image_and_model_and_pays_it_per_replica_on_update() -> None:
-    budget = RolloutBudget(node_provision_seconds=600, startup_seconds=1200, termination_grace_seconds=45, max_replicas=12)
+    budget = RolloutBudget(
+        node_provision_seconds=600, startup_seconds=1200, termination_grace_seconds=45, max_replicas=12
+    )
     assert budget.pod_start_seconds == 600 + IMAGE_PULL_SECONDS + 1200
     assert budget.create_timeout_seconds > budget.pod_start_seconds
     assert budget.update_timeout_seconds >= 12 * (budget.pod_start_seconds + 45)
