@@ -10,26 +10,9 @@ from typing import Literal
 import pulumi
 import pulumi_aws as aws
 
-# Node labels and taint the Kubernetes layer selects and tolerates.
-GPU_PRESENT_LABEL = "nvidia.com/gpu.present"
-CAPACITY_LABEL = "deepseek.io/capacity"
-NODE_POOL_LABEL = "deepseek.io/node-pool"
-# cluster-autoscaler's GPU label on AWS: a node carrying it counts as unready until its GPUs are allocatable, so the
-# autoscaler waits for the device plugin instead of scaling out again while a new GPU node boots.
-ACCELERATOR_LABEL = "k8s.amazonaws.com/accelerator"
-GPU_RESOURCE = "nvidia.com/gpu"
-GPU_TAINT_KEY = "nvidia.com/gpu"
+from stack.nodes import GPU_RESOURCE, Taint
 
-# EKS API taint effects and their Kubernetes spelling (the autoscaler's node-template tags use the latter).
-_KUBERNETES_EFFECT = {"NO_SCHEDULE": "NoSchedule", "NO_EXECUTE": "NoExecute", "PREFER_NO_SCHEDULE": "PreferNoSchedule"}
 _TEMPLATE_PREFIX = "k8s.io/cluster-autoscaler/node-template"
-
-
-@dataclass(frozen=True)
-class Taint:
-    key: str
-    value: str
-    effect: Literal["NO_SCHEDULE", "NO_EXECUTE", "PREFER_NO_SCHEDULE"]
 
 
 @dataclass(frozen=True)
@@ -158,7 +141,7 @@ class NodePool(pulumi.ComponentResource):
         """
         tags = {f"{_TEMPLATE_PREFIX}/label/{key}": value for key, value in args.labels.items()}
         for taint in args.taints:
-            tags[f"{_TEMPLATE_PREFIX}/taint/{taint.key}"] = f"{taint.value}:{_KUBERNETES_EFFECT[taint.effect]}"
+            tags[f"{_TEMPLATE_PREFIX}/taint/{taint.key}"] = f"{taint.value}:{taint.kubernetes_effect}"
         if args.gpus_per_node:
             tags[f"{_TEMPLATE_PREFIX}/resources/{GPU_RESOURCE}"] = str(args.gpus_per_node)
         return tags

@@ -17,16 +17,7 @@ from stack.aws.cluster_addons import ClusterAddons, ClusterAddonsArgs
 from stack.aws.cluster_autoscaler import ClusterAutoscaler, ClusterAutoscalerArgs, default_priorities
 from stack.aws.image_registry import ImageRegistry, ImageRegistryArgs
 from stack.aws.network import Network, NetworkArgs, ZoneSubnets
-from stack.aws.node_pool import (
-    ACCELERATOR_LABEL,
-    CAPACITY_LABEL,
-    GPU_PRESENT_LABEL,
-    GPU_TAINT_KEY,
-    NODE_POOL_LABEL,
-    NodePool,
-    NodePoolArgs,
-    Taint,
-)
+from stack.aws.node_pool import NodePool, NodePoolArgs
 from stack.aws.node_role import NodeRole, NodeRoleArgs
 from stack.aws.pod_identity_role import PodIdentityRole, PodIdentityRoleArgs
 from stack.aws.server_image import ServerImage, ServerImageArgs
@@ -34,11 +25,15 @@ from stack.config import StackConfig
 from stack.config.aws import GpuNodePoolConfig, NodePoolConfig
 from stack.config.kubernetes import ModelConfig
 from stack.image import context as image_context
-
-SYSTEM_POOL = "system"
-GPU_ON_DEMAND_POOL = "gpu-on-demand"
-GPU_SPOT_POOL = "gpu-spot"
-GPU_TAINT = Taint(key=GPU_TAINT_KEY, value="true", effect="NO_SCHEDULE")
+from stack.nodes import (
+    GPU_ON_DEMAND_POOL,
+    GPU_SPOT_POOL,
+    GPU_TAINT,
+    NODE_POOL_LABEL,
+    SYSTEM_POOL,
+    capacity_type,
+    pool_labels,
+)
 
 
 @dataclass(frozen=True)
@@ -115,23 +110,15 @@ def deploy_aws_platform(config: StackConfig) -> AwsPlatform:
     node_role = NodeRole("eks-nodes", NodeRoleArgs(tags=tags))
 
     def pool(name: str, pool_config: NodePoolConfig, *, spot: bool) -> NodePool:
-        labels = {NODE_POOL_LABEL: name}
-        gpus = 0
-        if isinstance(pool_config, GpuNodePoolConfig):
-            gpus = pool_config.gpus_per_node
-            labels |= {
-                GPU_PRESENT_LABEL: "true",
-                CAPACITY_LABEL: "spot" if spot else "on-demand",
-                ACCELERATOR_LABEL: pool_config.accelerator,
-            }
+        gpu_pool = pool_config if isinstance(pool_config, GpuNodePoolConfig) else None
         return NodePool(
             name,
             NodePoolArgs(
                 cluster_name=cluster.name,
                 node_role_arn=node_role.arn,
                 subnet_ids=network.private_subnet_ids,
-                capacity_type="SPOT" if spot else "ON_DEMAND",
-                ami_type="AL2023_x86_64_NVIDIA" if gpus else "AL2023_x86_64_STANDARD",
+                capacity_type=capacity_type(spot),
+                ami_type="AL2023_x86_64_NVIDIA" if gpu_pool else "AL2023_x86_64_STANDARD",
                 instance_types=pool_config.instance_types,
                 min_size=pool_config.min_size,
                 max_size=pool_config.max_size,
@@ -140,9 +127,9 @@ def deploy_aws_platform(config: StackConfig) -> AwsPlatform:
                 disk_throughput_mibps=pool_config.disk_throughput_mibps,
                 disk_iops=pool_config.disk_iops,
                 kubernetes_version=cluster.version,
-                labels=labels,
-                taints=[GPU_TAINT] if gpus else [],
-                gpus_per_node=gpus,
+                labels=pool_labels(name, spot=spot, accelerator=gpu_pool.accelerator if gpu_pool else None),
+                taints=[GPU_TAINT] if gpu_pool else [],
+                gpus_per_node=gpu_pool.gpus_per_node if gpu_pool else 0,
                 tags=tags,
             ),
             # Nodes join only once pod networking and Pod Identity are installed.

@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-# The GPU node group's taint and label (set by the AWS layer; on other clusters label and taint GPU nodes the same).
-GPU_TAINT_KEY = "nvidia.com/gpu"
-GPU_NODE_LABEL = "nvidia.com/gpu.present"
-GPU_RESOURCE = "nvidia.com/gpu"
-# EKS sets this on managed nodes: SPOT or ON_DEMAND.
-CAPACITY_TYPE_LABEL = "eks.amazonaws.com/capacityType"
-ZONE_LABEL = "topology.kubernetes.io/zone"
-HOSTNAME_LABEL = "kubernetes.io/hostname"
+from stack.nodes import GPU_PRESENT_LABEL, GPU_TAINT
+
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
 # The server's contract (app/): `python -m app` on 8080, runs as UID 10001 (docker/Dockerfile.cuda), HF_HOME=/models.
@@ -30,7 +24,7 @@ def checkov_skips(**reasons: str) -> dict[str, str]:
 
 def gpu_node_tolerations() -> list[dict[str, str]]:
     """Tolerates the GPU taint whatever its value (`nvidia.com/gpu=true:NoSchedule` on our node group)."""
-    return [{"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}]
+    return [{"key": GPU_TAINT.key, "operator": "Exists", "effect": GPU_TAINT.kubernetes_effect}]
 
 
 def gpu_node_affinity() -> dict[str, object]:
@@ -39,7 +33,7 @@ def gpu_node_affinity() -> dict[str, object]:
         "nodeAffinity": {
             "requiredDuringSchedulingIgnoredDuringExecution": {
                 "nodeSelectorTerms": [
-                    {"matchExpressions": [{"key": GPU_NODE_LABEL, "operator": "In", "values": ["true"]}]}
+                    {"matchExpressions": [{"key": GPU_PRESENT_LABEL, "operator": "In", "values": ["true"]}]}
                 ]
             }
         }

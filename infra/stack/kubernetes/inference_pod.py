@@ -10,16 +10,15 @@ import pulumi_kubernetes as k8s
 
 from stack import versions
 from stack.config.kubernetes import InferenceConfig
-from stack.kubernetes.common import (
+from stack.kubernetes.common import MODEL_CACHE_PATH, SERVER_PORT, SERVER_UID
+from stack.nodes import (
     CAPACITY_TYPE_LABEL,
-    GPU_NODE_LABEL,
+    GPU_PRESENT_LABEL,
     GPU_RESOURCE,
-    GPU_TAINT_KEY,
+    GPU_TAINT,
     HOSTNAME_LABEL,
-    MODEL_CACHE_PATH,
-    SERVER_PORT,
-    SERVER_UID,
     ZONE_LABEL,
+    capacity_type,
 )
 
 API_KEYS_KEY = "API_KEYS"
@@ -58,7 +57,9 @@ def pod_template(
                 fs_group_change_policy="OnRootMismatch",
                 seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
             ),
-            tolerations=[k8s.core.v1.TolerationArgs(key=GPU_TAINT_KEY, operator="Exists", effect="NoSchedule")],
+            tolerations=[
+                k8s.core.v1.TolerationArgs(key=GPU_TAINT.key, operator="Exists", effect=GPU_TAINT.kubernetes_effect)
+            ],
             affinity=_affinity(config),
             topology_spread_constraints=_spread(config, labels),
             init_containers=[_s3_download(config)] if config.model.source == "s3" else None,
@@ -71,7 +72,7 @@ def pod_template(
 def _affinity(config: InferenceConfig) -> k8s.core.v1.AffinityArgs:
     preferred = None
     if config.scheduling.capacity_type != "any":
-        capacity = "SPOT" if config.scheduling.capacity_type == "spot" else "ON_DEMAND"
+        capacity = capacity_type(config.scheduling.capacity_type == "spot")
         preferred = [
             k8s.core.v1.PreferredSchedulingTermArgs(
                 weight=100,
@@ -90,7 +91,9 @@ def _affinity(config: InferenceConfig) -> k8s.core.v1.AffinityArgs:
                 node_selector_terms=[
                     k8s.core.v1.NodeSelectorTermArgs(
                         match_expressions=[
-                            k8s.core.v1.NodeSelectorRequirementArgs(key=GPU_NODE_LABEL, operator="In", values=["true"])
+                            k8s.core.v1.NodeSelectorRequirementArgs(
+                                key=GPU_PRESENT_LABEL, operator="In", values=["true"]
+                            )
                         ]
                     )
                 ]

@@ -13,7 +13,6 @@ import pulumi_kubernetes as k8s
 from stack.config.kubernetes import InferenceConfig
 from stack.kubernetes import metrics
 from stack.kubernetes.common import (
-    GPU_RESOURCE,
     MANAGED_BY,
     NAMESPACE_NAME_LABEL,
     SERVER_PORT,
@@ -22,6 +21,7 @@ from stack.kubernetes.common import (
 from stack.kubernetes.inference_alerts import alert_rules
 from stack.kubernetes.inference_pod import API_KEYS_KEY, PodNames, pod_template
 from stack.kubernetes.rollout import RolloutBudget, minutes
+from stack.nodes import GPU_RESOURCE
 
 # Service await: only the load balancer's address. The provider's default also waits for ready endpoints, i.e. for
 # a GPU pod to load its model, and fails the update after 10 minutes while that is still under way.

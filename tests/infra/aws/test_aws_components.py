@@ -11,8 +11,9 @@ from stack.aws.cluster_autoscaler import autoscaler_policy, default_priorities, 
 from stack.aws.image_registry import ImageRegistry, ImageRegistryArgs, lifecycle_policy
 from stack.aws.kubeconfig import render_kubeconfig
 from stack.aws.network import Network, NetworkArgs, ZoneSubnets
-from stack.aws.node_pool import NodePool, NodePoolArgs, Taint
+from stack.aws.node_pool import NodePool, NodePoolArgs
 from stack.aws.pod_identity_role import PodIdentityRole, PodIdentityRoleArgs
+from stack.nodes import Taint
 from stack.testing import ProgramRun, run_program
 
 TAGS = {"environment": "test"}
