@@ -101,3 +101,22 @@ KUBERNETES_STANDARD_SUPPORT_ENDS: dict[str, str | None] = {
 # EKS managed add-ons (vpc-cni, kube-proxy, coredns, eks-pod-identity-agent, aws-ebs-csi-driver) are not pinned
 # here: their valid versions depend on the cluster version, and EKS installs its tested default for that version.
 # Pin one per stack with `cluster.addonVersions` (see `aws eks describe-addon-versions`).
+
+# --- Real engines for the test suite ------------------------------------------------------------------------------
+# Built from the Go module proxy by `scripts/engines` into ~/.cache/deepseek-inference/bin (tests/cluster/build.py).
+# Each is the newest release the proxy serves here at the stacks' Kubernetes minor; a refused version is final.
+
+# The test cluster's control plane: the minor the stacks deploy (DEFAULT_KUBERNETES_VERSION). v1.35.8 is the newest
+# 1.35 patch the proxy serves; its 29 staging modules are served at v0.35.8.
+TEST_KUBERNETES_VERSION = "1.35.8"
+# etcd for that control plane: the 3.6 line (Kubernetes 1.35 is tested against 3.6); v3.6.16 is the newest served.
+TEST_ETCD_VERSION = "v3.6.16"
+# kwok: fakes the kubelets of the test cluster's nodes (Ready, pods Running) and starts the control plane
+# (kwokctl, binary runtime, loopback only). v0.7.0 is the only 0.7 release served.
+TEST_KWOK_VERSION = "v0.7.0"
+# controller-gen renders the Prometheus Operator's CRDs (ServiceMonitor, PrometheusRule) from its Go API types, for
+# the test cluster's "existing monitoring"; 0.23.0 is the newest controller-tools release served.
+TEST_CONTROLLER_GEN_VERSION = "v0.23.0"
+# The Prometheus Operator API module whose types become those CRDs: v0.95.2 is the newest served (the operator's
+# main module is not served here, so its prebuilt CRD files are out of reach; the types are the source anyway).
+TEST_PROMETHEUS_OPERATOR_API_VERSION = "v0.95.2"

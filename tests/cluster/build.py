@@ -1,0 +1,216 @@
+"""Builds the real engines the tests run (a Kubernetes control plane, etcd, kwok) from the Go module proxy.
+
+    .venv/bin/python -m tests.cluster.build        # or: scripts/engines
+
+Binaries land in ~/.cache/deepseek-inference/bin/<name>-<version>/, with Go's module and build caches beside them
+(outside the work tree), so a second run finds everything and builds nothing, and a changed pin builds afresh.
+Versions are pinned in infra/stack/versions.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from stack import versions
+
+CACHE = Path(os.environ.get("DEEPSEEK_ENGINES_CACHE", Path.home() / ".cache" / "deepseek-inference"))
+BIN = CACHE / "bin"
+SOURCES = CACHE / "src"
+GOPATH = CACHE / "go"
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One build: a wrapper module requiring `module@version`, and the main packages built from it."""
+
+    name: str
+    version: str
+    module: str
+    module_version: str
+    # binary name -> main package
+    packages: dict[str, str]
+    ldflags: str = "-s -w"
+
+    @property
+    def directory(self) -> Path:
+        return BIN / f"{self.name}-{self.version}"
+
+    def binary(self, name: str) -> Path:
+        return self.directory / name
+
+    @property
+    def built(self) -> bool:
+        return all(self.binary(name).exists() for name in self.packages)
+
+
+def _kubernetes() -> Engine:
+    version = versions.TEST_KUBERNETES_VERSION
+    minor = version.split(".")[1]
+    stamp = " ".join(
+        f"-X k8s.io/component-base/version.{key}={value}"
+        for key, value in (
+            ("gitVersion", f"v{version}"),
+            ("gitMajor", "1"),
+            ("gitMinor", minor),
+            ("gitTreeState", "clean"),
+        )
+    )
+    return Engine(
+        name="kubernetes",
+        version=version,
+        module="k8s.io/kubernetes",
+        module_version=f"v{version}",
+        packages={
+            name: f"k8s.io/kubernetes/cmd/{name}"
+            for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+        },
+        ldflags=f"-s -w {stamp}",
+    )
+
+
+def engines() -> list[Engine]:
+    return [
+        _kubernetes(),
+        # etcd's main package is its server module's root.
+        Engine(
+            "etcd",
+            versions.TEST_ETCD_VERSION,
+            "go.etcd.io/etcd/server/v3",
+            versions.TEST_ETCD_VERSION,
+            {"etcd": "go.etcd.io/etcd/server/v3"},
+        ),
+        Engine(
+            "kwok",
+            versions.TEST_KWOK_VERSION,
+            "sigs.k8s.io/kwok",
+            versions.TEST_KWOK_VERSION,
+            {name: f"sigs.k8s.io/kwok/cmd/{name}" for name in ("kwok", "kwokctl")},
+        ),
+        Engine(
+            "controller-gen",
+            versions.TEST_CONTROLLER_GEN_VERSION,
+            "sigs.k8s.io/controller-tools",
+            versions.TEST_CONTROLLER_GEN_VERSION,
+            {"controller-gen": "sigs.k8s.io/controller-tools/cmd/controller-gen"},
+        ),
+    ]
+
+
+def go_environment() -> dict[str, str]:
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    return {
+        **os.environ,
+        "PATH": f"{Path(go).parent}:{os.environ.get('PATH', '')}",
+        "GOPATH": str(GOPATH),
+        "GOMODCACHE": str(GOPATH / "pkg" / "mod"),
+        "GOCACHE": str(GOPATH / "cache"),
+        "CGO_ENABLED": "0",
+        "GOTOOLCHAIN": "local",
+        "GOFLAGS": "-buildvcs=false",
+    }
+
+
+def _go(args: list[str], cwd: Path, env: dict[str, str]) -> str:
+    done = subprocess.run(["go", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"engines: `go {' '.join(args)}` failed in {cwd}:\n{done.stderr.strip()}")
+    return done.stdout
+
+
+def _staging_replaces(engine: Engine, env: dict[str, str], work: Path) -> list[str]:
+    """k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with ./staging paths; a module
+    that requires it must replace each with the matching published version (generated from its own go.mod)."""
+    info = json.loads(_go(["mod", "download", "-json", f"{engine.module}@{engine.module_version}"], work, env))
+    document = json.loads(_go(["mod", "edit", "-json", info["GoMod"]], work, env))
+    required = {item["Path"] for item in document.get("Require") or []}
+    staging_version = "v0." + engine.version.split(".", 1)[1]
+    return [
+        f"\t{item['Old']['Path']} => {item['Old']['Path']} {staging_version}"
+        for item in document.get("Replace") or []
+        if item["New"]["Path"].startswith("./staging/") and item["Old"]["Path"] in required
+    ]
+
+
+def build(engine: Engine, env: dict[str, str]) -> float:
+    """Builds `engine` unless its binaries exist; returns the seconds it took (0 when nothing was built)."""
+    if engine.built:
+        return 0.0
+    started = time.monotonic()
+    work = SOURCES / f"{engine.name}-{engine.version}"
+    work.mkdir(parents=True, exist_ok=True)
+    lines = [f"module local/{engine.name}-build", "", "go 1.26", "", f"require {engine.module} {engine.module_version}"]
+    if engine.module == "k8s.io/kubernetes":
+        (work / "go.mod").write_text("\n".join(lines) + "\n")
+        lines += ["", "replace (", *_staging_replaces(engine, env, work), ")"]
+    (work / "go.mod").write_text("\n".join(lines) + "\n")
+    imports = "\n".join(f'\t_ "{package}"' for package in engine.packages.values())
+    (work / "tools.go").write_text(f"//go:build tools\n\npackage tools\n\nimport (\n{imports}\n)\n")
+    _go(["mod", "tidy"], work, env)
+    engine.directory.mkdir(parents=True, exist_ok=True)
+    for name, package in engine.packages.items():
+        # One package at a time, each to its own name; packages shared between them compile once (GOCACHE).
+        _go(["build", "-trimpath", "-ldflags", engine.ldflags, "-o", str(engine.binary(name)), package], work, env)
+    return time.monotonic() - started
+
+
+MONITORING_API = "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring"
+CRD_DIR = CACHE / "crds" / f"monitoring-{versions.TEST_PROMETHEUS_OPERATOR_API_VERSION}"
+
+
+def generate_monitoring_crds(env: dict[str, str], controller_gen: Path) -> float:
+    """The Prometheus Operator's CRDs, generated by controller-gen from the operator's own API types."""
+    if any(CRD_DIR.glob("*.yaml")):
+        return 0.0
+    started = time.monotonic()
+    work = SOURCES / f"monitoring-crds-{versions.TEST_PROMETHEUS_OPERATOR_API_VERSION}"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "go.mod").write_text(
+        f"module local/monitoring-crds\n\ngo 1.26\n\nrequire {MONITORING_API} "
+        f"{versions.TEST_PROMETHEUS_OPERATOR_API_VERSION}\n"
+    )
+    (work / "tools.go").write_text(f'//go:build tools\n\npackage tools\n\nimport _ "{MONITORING_API}/v1"\n')
+    _go(["mod", "tidy"], work, env)
+    CRD_DIR.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [
+            str(controller_gen),
+            "crd:crdVersions=v1,maxDescLen=0",
+            f"paths={MONITORING_API}/v1",
+            f"output:crd:dir={CRD_DIR}",
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"engines: controller-gen failed:\n{done.stderr.strip()}")
+    return time.monotonic() - started
+
+
+def main() -> int:
+    env = go_environment()
+    total = 0.0
+    for engine in engines():
+        seconds = build(engine, env)
+        total += seconds
+        state = f"built in {seconds:.0f} s" if seconds else "already built"
+        print(f"engines: {engine.name} {engine.version}: {state} -> {engine.directory}", flush=True)
+    controller_gen = next(e for e in engines() if e.name == "controller-gen").binary("controller-gen")
+    seconds = generate_monitoring_crds(env, controller_gen)
+    total += seconds
+    print(f"engines: monitoring CRDs: {f'generated in {seconds:.0f} s' if seconds else 'already there'} -> {CRD_DIR}")
+    print(f"engines: ready in {total:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
