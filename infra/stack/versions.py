@@ -120,3 +120,10 @@ TEST_CONTROLLER_GEN_VERSION = "v0.23.0"
 # The Prometheus Operator API module whose types become those CRDs: v0.95.2 is the newest served (the operator's
 # main module is not served here, so its prebuilt CRD files are out of reach; the types are the source anyway).
 TEST_PROMETHEUS_OPERATOR_API_VERSION = "v0.95.2"
+# The Pulumi CLI for the real `pulumi up` on the test cluster. The proxy refuses pkg/v3 v3.270.0-v3.273.x, so not the
+# SDK's 3.272.0: v3.274.1 is the nearest served release (a newer CLI runs older SDKs).
+TEST_PULUMI_CLI_VERSION = "v3.274.1"
+# The Kubernetes provider plugin. Its module has no semver tags, and the only pseudo-version the proxy serves is the
+# v4.25.0 release commit, so the SDK's 4.34.2 cannot be built here: the tests install this build in the 4.34.2 slot
+# and the engine warns that the plugin is older than the SDK.
+TEST_PULUMI_KUBERNETES_PROVIDER = ("v4.0.0-20260115033456-f47bc2d6f199", "4.25.0")

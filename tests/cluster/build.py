@@ -15,8 +15,10 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from stack import versions
 
@@ -34,9 +36,13 @@ class Engine:
     version: str
     module: str
     module_version: str
-    # binary name -> main package
+    # binary name -> main package (`./...`: a package the prepare step writes into the wrapper module)
     packages: dict[str, str]
     ldflags: str = "-s -w"
+    # Extra go.mod lines (replaces), computed from the required module's own go.mod.
+    replaces: Callable[[Engine, dict[str, str], Path], list[str]] | None = None
+    # Writes files into the wrapper module before it is tidied and built.
+    prepare: Callable[[Engine, dict[str, str], Path], None] | None = field(default=None)
 
     @property
     def directory(self) -> Path:
@@ -72,12 +78,70 @@ def _kubernetes() -> Engine:
             for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
         },
         ldflags=f"-s -w {stamp}",
+        replaces=_staging_replaces,
     )
+
+
+def _pulumi_cli() -> Engine:
+    version = versions.TEST_PULUMI_CLI_VERSION
+    return Engine(
+        name="pulumi",
+        version=version,
+        module="github.com/pulumi/pulumi/pkg/v3",
+        module_version=version,
+        packages={"pulumi": "github.com/pulumi/pulumi/pkg/v3/cmd/pulumi"},
+        ldflags=f"-s -w -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version={version}",
+        replaces=_published_replaces,
+    )
+
+
+PROVIDER_DIR = "cmd/pulumi-resource-kubernetes"
+
+
+def _pulumi_kubernetes() -> Engine:
+    pseudo_version, release = versions.TEST_PULUMI_KUBERNETES_PROVIDER
+    return Engine(
+        name="pulumi-resource-kubernetes",
+        version=release,
+        module="github.com/pulumi/pulumi-kubernetes/provider/v4",
+        module_version=pseudo_version,
+        packages={"pulumi-resource-kubernetes": f"./{PROVIDER_DIR}"},
+        ldflags=f"-s -w -X github.com/pulumi/pulumi-kubernetes/provider/v4/pkg/version.Version={release}",
+        prepare=_provider_main,
+    )
+
+
+def _published_replaces(engine: Engine, env: dict[str, str], work: Path) -> list[str]:
+    """`go build` of a module that has replace lines needs them in the main module: the non-relative ones of the
+    required module's go.mod (the relative ones point into its own repository and are published modules)."""
+    document = _module_go_mod(engine, env, work)
+    return [
+        f"\t{item['Old']['Path']} => {item['New']['Path']} {item['New']['Version']}"
+        for item in document.get("Replace") or []
+        if item["New"].get("Version")
+    ]
+
+
+def _provider_main(engine: Engine, env: dict[str, str], work: Path) -> None:
+    """The provider's main package embeds its schema as generated files its repository ignores; write them from
+    the schema the module ships, as the provider's own `go generate` does (version set, compact JSON)."""
+    info = json.loads(_go(["mod", "download", "-json", f"{engine.module}@{engine.module_version}"], work, env))
+    source = Path(info["Dir"]) / PROVIDER_DIR
+    target = work / PROVIDER_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "main.go").write_text((source / "main.go").read_text())
+    schema = json.loads((source / "schema.json").read_text())
+    schema["version"] = engine.version
+    (target / "schema-embed.json").write_text(json.dumps(schema, separators=(",", ":")))
+    mapping = json.loads((source / "terraform-mapping.json").read_text())
+    (target / "terraform-mapping-embed.json").write_text(json.dumps(mapping, separators=(",", ":")))
 
 
 def engines() -> list[Engine]:
     return [
         _kubernetes(),
+        _pulumi_cli(),
+        _pulumi_kubernetes(),
         # etcd's main package is its server module's root.
         Engine(
             "etcd",
@@ -124,11 +188,15 @@ def _go(args: list[str], cwd: Path, env: dict[str, str]) -> str:
     return done.stdout
 
 
+def _module_go_mod(engine: Engine, env: dict[str, str], work: Path) -> dict[str, Any]:
+    info = json.loads(_go(["mod", "download", "-json", f"{engine.module}@{engine.module_version}"], work, env))
+    return json.loads(_go(["mod", "edit", "-json", info["GoMod"]], work, env))  # type: ignore[no-any-return]
+
+
 def _staging_replaces(engine: Engine, env: dict[str, str], work: Path) -> list[str]:
     """k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with ./staging paths; a module
     that requires it must replace each with the matching published version (generated from its own go.mod)."""
-    info = json.loads(_go(["mod", "download", "-json", f"{engine.module}@{engine.module_version}"], work, env))
-    document = json.loads(_go(["mod", "edit", "-json", info["GoMod"]], work, env))
+    document = _module_go_mod(engine, env, work)
     required = {item["Path"] for item in document.get("Require") or []}
     staging_version = "v0." + engine.version.split(".", 1)[1]
     return [
@@ -146,12 +214,15 @@ def build(engine: Engine, env: dict[str, str]) -> float:
     work = SOURCES / f"{engine.name}-{engine.version}"
     work.mkdir(parents=True, exist_ok=True)
     lines = [f"module local/{engine.name}-build", "", "go 1.26", "", f"require {engine.module} {engine.module_version}"]
-    if engine.module == "k8s.io/kubernetes":
-        (work / "go.mod").write_text("\n".join(lines) + "\n")
-        lines += ["", "replace (", *_staging_replaces(engine, env, work), ")"]
     (work / "go.mod").write_text("\n".join(lines) + "\n")
-    imports = "\n".join(f'\t_ "{package}"' for package in engine.packages.values())
-    (work / "tools.go").write_text(f"//go:build tools\n\npackage tools\n\nimport (\n{imports}\n)\n")
+    if engine.replaces is not None:
+        lines += ["", "replace (", *engine.replaces(engine, env, work), ")"]
+        (work / "go.mod").write_text("\n".join(lines) + "\n")
+    if engine.prepare is not None:
+        engine.prepare(engine, env, work)
+    imports = "\n".join(f'\t_ "{package}"' for package in engine.packages.values() if not package.startswith("./"))
+    if imports:
+        (work / "tools.go").write_text(f"//go:build tools\n\npackage tools\n\nimport (\n{imports}\n)\n")
     _go(["mod", "tidy"], work, env)
     engine.directory.mkdir(parents=True, exist_ok=True)
     for name, package in engine.packages.items():

@@ -62,6 +62,18 @@ class Cluster:
     def get(self, *args: str) -> Any:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
 
+    def find(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        """The live object of the manifest's kind, name and namespace; None when the API server has none."""
+        meta = manifest["metadata"]
+        group = manifest["apiVersion"].rpartition("/")[0]
+        kind = f"{manifest['kind'].lower()}.{group}" if "." in group else manifest["kind"]
+        where = ["-n", meta["namespace"]] if meta.get("namespace") else []
+        found = self.kubectl("get", kind, meta["name"], *where, "-o", "json", check=False)
+        if found.returncode != 0:
+            assert "NotFound" in found.stderr, found.stderr
+            return None
+        return json.loads(found.stdout)  # type: ignore[no-any-return]
+
 
 @contextmanager
 def kwok_cluster(workdir: Path) -> Iterator[Cluster]:

@@ -83,15 +83,7 @@ def nodes_by_name(cluster: Cluster) -> dict[str, dict[str, str]]:
 
 def test_every_object_of_the_plan_exists_in_the_cluster(cluster: Cluster, plan_objects: list[dict[str, Any]]) -> None:
     for manifest in plan_objects:
-        meta = manifest["metadata"]
-        where = ["-n", meta["namespace"]] if meta.get("namespace") else []
-        kind = (
-            manifest["kind"]
-            if "." not in manifest["apiVersion"].split("/")[0]
-            else (f"{manifest['kind'].lower()}.{manifest['apiVersion'].split('/')[0]}")
-        )
-        found = cluster.get(kind, meta["name"], *where)
-        assert found["metadata"]["name"] == meta["name"]
+        assert cluster.find(manifest) is not None, f"{manifest['kind']} {manifest['metadata']['name']} is missing"
 
 
 def test_the_namespace_enforces_restricted_pod_security(cluster: Cluster) -> None:

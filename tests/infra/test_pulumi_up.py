@@ -1,0 +1,135 @@
+"""The real `pulumi up` (CLI, engine, Kubernetes provider, built from source) of an existing-cluster stack file onto
+the real test cluster: it succeeds, creates what the offline plan shows, has no perpetual diff, updates in place
+and destroys everything it made; a broken stack file gets the program's one line."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from stack.config.aws import NodePoolsConfig
+from stack.nodes import CAPACITY_TYPE_LABEL, GPU_PRESENT_LABEL
+from stack.plan import Plan
+from stack.testing import run_program, stack_config
+from stack.testing.harness import stack_settings
+
+from tests.cluster.kwok import STAND_IN_HOSTNAME, Cluster, LoadBalancerStandIn, kwok_cluster, monitoring_crds
+from tests.cluster.nodes import node_manifests
+from tests.cluster.pulumi_cli import PulumiProject, pulumi_project
+
+pytestmark = pytest.mark.slow
+
+NS = "deepseek-inference"
+STACK = "e2e"
+ZONES = ["us-east-1a", "us-east-1b", "us-east-1c"]
+# A stack file as an operator of an existing cluster writes it: prod's inference settings, the cluster's own
+# monitoring (Prometheus Operator CRDs present), GPU add-ons already there, a prebuilt image.
+STACK_CONFIG: dict[str, Any] = {
+    "clusterSource": "existing",
+    "addons": {"monitoring": "existing", "devicePlugin": {"enabled": False}, "dcgmExporter": {"enabled": False}},
+    "inference": {
+        **stack_settings("prod")[f"{NS}:inference"],
+        "image": "registry.example.com/deepseek/server:1.2.3",
+        "autoscaling": {"minReplicas": 2, "maxReplicas": 4},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with kwok_cluster(Path(tmp_path_factory.mktemp("kwok"))) as cluster, LoadBalancerStandIn(cluster):
+        pools = NodePoolsConfig.model_validate(stack_settings("prod")[f"{NS}:nodePools"])
+        cluster.apply(node_manifests(pools, ZONES))
+        cluster.apply(monitoring_crds())
+        cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        cluster.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "monitoring"}}])
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, cluster: Cluster) -> PulumiProject:
+    project = pulumi_project(Path(tmp_path_factory.mktemp("pulumi")))
+    project.init_stack(
+        STACK, STACK_CONFIG, {"kubeconfig": cluster.kubeconfig.read_text(), "apiKeys": "e2e-key-1,e2e-key-2"}
+    )
+    return project
+
+
+@pytest.fixture(scope="module")
+def first_up(project: PulumiProject) -> dict[str, Any]:
+    return project.run("up", STACK)
+
+
+def planned_objects(project: PulumiProject) -> list[dict[str, Any]]:
+    """What the offline plan renders for the same stack file (under mocks, in this process)."""
+    config, secret_keys = stack_config(
+        STACK, secrets={"kubeconfig": "apiVersion: v1\nclusters: [{name: c}]\n", "apiKeys": "k"}, root=project.workdir
+    )
+    run = run_program(config, stack=STACK, secret_keys=secret_keys)
+    return Plan(STACK, run.resources, {}, run.outputs).kubernetes_objects()
+
+
+def test_pulumi_up_succeeds_and_exports_the_endpoint(first_up: dict[str, Any]) -> None:
+    assert first_up["ok"], first_up.get("error")
+    assert first_up["outputs"]["inferenceEndpoint"] == STAND_IN_HOSTNAME
+    assert set(first_up["changes"]) == {"create"}
+
+
+def test_every_planned_object_exists_in_the_cluster(
+    first_up: dict[str, Any], project: PulumiProject, cluster: Cluster
+) -> None:
+    objects = planned_objects(project)
+    assert len(objects) >= 15
+    for manifest in objects:
+        found = cluster.find(manifest)
+        assert found is not None, f"{manifest['kind']} {manifest['metadata']['name']} is missing"
+
+
+def test_pulumi_waited_for_a_ready_server_on_a_preferred_gpu_node(first_up: dict[str, Any], cluster: Cluster) -> None:
+    deployment = cluster.get("deployment", "deepseek", "-n", NS)
+    assert deployment["status"].get("availableReplicas", 0) >= 1
+    nodes = {node["metadata"]["name"]: node["metadata"]["labels"] for node in cluster.get("nodes")["items"]}
+    for pod in cluster.get("pods", "-n", NS)["items"]:
+        labels = nodes[pod["spec"]["nodeName"]]
+        assert labels[GPU_PRESENT_LABEL] == "true" and labels[CAPACITY_TYPE_LABEL] == "ON_DEMAND"
+
+
+def test_a_second_preview_shows_no_changes(first_up: dict[str, Any], project: PulumiProject) -> None:
+    preview = project.run("preview-no-changes", STACK)
+    assert preview["ok"], preview.get("error")
+    assert set(preview["changes"]) == {"same"}
+
+
+def test_a_config_change_updates_in_place(first_up: dict[str, Any], project: PulumiProject, cluster: Cluster) -> None:
+    inference = dict(STACK_CONFIG["inference"], autoscaling={"minReplicas": 2, "maxReplicas": 5})
+    project.set_config(STACK, "inference", inference)
+    update = project.run("up", STACK)
+    assert update["ok"], update.get("error")
+    assert "replace" not in update["changes"] and update["changes"].get("update", 0) >= 1
+    assert cluster.get("hpa", "deepseek", "-n", NS)["spec"]["maxReplicas"] == 5
+    quota = cluster.get("resourcequota", "deepseek-quota", "-n", NS)["spec"]["hard"]
+    assert quota["pods"] == "6", "maxReplicas + 1"
+
+
+def test_a_broken_stack_file_prints_the_programs_one_line(project: PulumiProject) -> None:
+    broken = dict(STACK_CONFIG, inference={**STACK_CONFIG["inference"], "gpuCount": "two"})
+    project.init_stack("broken", broken, {"kubeconfig": "apiVersion: v1\nclusters: [{name: c}]\n", "apiKeys": "k"})
+    result = project.run("up", "broken")
+    assert not result["ok"]
+    assert "config key 'deepseek-inference:inference.gpuCount'" in result["error"]
+    assert "Traceback" not in result["error"] and "validation error" not in result["error"]
+
+
+def test_destroy_leaves_none_of_the_stacks_objects(
+    first_up: dict[str, Any], project: PulumiProject, cluster: Cluster
+) -> None:
+    objects = planned_objects(project)
+    destroyed = project.run("destroy", STACK)
+    assert destroyed["ok"], destroyed.get("error")
+    for manifest in objects:
+        found = cluster.find(manifest)
+        # A deleted namespace may still be finishing its own cleanup (it holds nothing of ours by then).
+        terminating = found is not None and found.get("status", {}).get("phase") == "Terminating"
+        assert found is None or terminating, f"{manifest['kind']} {manifest['metadata']['name']} is still there"
