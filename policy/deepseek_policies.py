@@ -19,6 +19,7 @@ INSTANCE = "aws:ec2/instance:Instance"
 SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
 SECURITY_GROUP_RULE = "aws:ec2/securityGroupRule:SecurityGroupRule"
 INGRESS_RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+SERVICE = "kubernetes:core/v1:Service"
 WORLD = ("0.0.0.0/0", "::/0")
 GPU_TAINT_KEY = "nvidia.com/gpu"
 
@@ -156,6 +157,24 @@ def _no_ssh_from_anywhere(args: ResourceValidationArgs, report: ReportViolation)
             report(message, None)
 
 
+# ------------------------------------------------------------------------------------------------ Kubernetes
+
+
+def _prod_load_balancer_restricted(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type != SERVICE or not is_production(args):
+        return
+    spec = args.props.get("spec") or {}
+    if spec.get("type") != "LoadBalancer":
+        return
+    ranges = spec.get("loadBalancerSourceRanges") or []
+    if not ranges or any(cidr in WORLD for cidr in ranges):
+        report(
+            "A production LoadBalancer Service is open to the whole internet: list the clients' CIDRs in "
+            "inference.service.loadBalancerSourceRanges (or set service.internal: true).",
+            None,
+        )
+
+
 def _policy(name: str, description: str, validate: Any) -> ResourceValidationPolicy:
     return ResourceValidationPolicy(
         name=name, description=description, validate=validate, enforcement_level=EnforcementLevel.MANDATORY
@@ -179,5 +198,10 @@ POLICIES: list[ResourceValidationPolicy] = [
     _policy("root-volumes-encrypted", "Node root volumes are encrypted.", _root_volumes_encrypted),
     _policy(
         "no-ssh-from-anywhere", "No security group or node group opens SSH to the internet.", _no_ssh_from_anywhere
+    ),
+    _policy(
+        "prod-load-balancer-restricted",
+        "A production LoadBalancer Service admits only listed client CIDRs, never 0.0.0.0/0.",
+        _prod_load_balancer_restricted,
     ),
 ]

@@ -48,6 +48,7 @@ def test_every_rule_is_registered_and_mandatory() -> None:
         "gpu-node-groups-tainted",
         "root-volumes-encrypted",
         "no-ssh-from-anywhere",
+        "prod-load-balancer-restricted",
     }
     assert all(isinstance(policy, ResourceValidationPolicy) for policy in rules.POLICIES)
     assert all(str(policy.enforcement_level.value) == "mandatory" for policy in rules.POLICIES)
@@ -148,3 +149,14 @@ def test_an_open_prod_endpoint_in_the_prod_stack_is_caught(mocked_stacks: dict[s
     (cluster,) = [r for r in mocked_stacks["prod"]["resources"] if r["type"] == rules.EKS_CLUSTER]
     props = {**cluster["inputs"], "vpcConfig": {**cluster["inputs"]["vpcConfig"], "publicAccessCidrs": ["0.0.0.0/0"]}}
     assert violations("eks-prod-endpoint-restricted", rules.EKS_CLUSTER, props, stack="prod")
+
+
+def test_production_load_balancers_admit_only_listed_clients() -> None:
+    service = {"spec": {"type": "LoadBalancer", "loadBalancerSourceRanges": ["198.51.100.0/24"]}}
+    rule = "prod-load-balancer-restricted"
+    assert violations(rule, rules.SERVICE, service, stack="prod") == []
+    open_service = {"spec": {"type": "LoadBalancer", "loadBalancerSourceRanges": ["0.0.0.0/0"]}}
+    assert violations(rule, rules.SERVICE, open_service, stack="prod")
+    assert violations(rule, rules.SERVICE, {"spec": {"type": "LoadBalancer"}}, stack="prod")
+    assert violations(rule, rules.SERVICE, open_service, stack="dev") == [], "dev may be open"
+    assert violations(rule, rules.SERVICE, {"spec": {"type": "ClusterIP"}}, stack="prod") == []
