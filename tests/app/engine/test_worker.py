@@ -45,6 +45,11 @@ class RecordingLoop:
         with self._step_started:
             assert self._step_started.wait_for(lambda: len(self.steps) >= count, timeout=10)
 
+    def wait_for_requests(self, count: int) -> None:
+        """Block the caller until `count` requests have been taken into steps."""
+        with self._step_started:
+            assert self._step_started.wait_for(lambda: sum(map(len, self.groups)) >= count, timeout=10)
+
     @property
     def idle(self) -> bool:
         return not self.waiting_ids and not self.running_ids
@@ -202,6 +207,8 @@ def test_gathering_stops_at_the_cap_when_requests_never_stop_coming(
         for request_id in range(40):  # one every 20 ms for 0.8 s: the pipe is never quiet for 0.5 s
             write(("add", request_id, [1], PARAMS))
             time.sleep(0.02)
+        # Closing the inbox stops the engine at once; on a loaded machine the last arrivals may not be stepped yet.
+        loop.wait_for_requests(40)
 
     serve(loop, pipes, feed)
     assert [request_id for group in loop.groups for request_id in group] == list(range(40))

@@ -86,6 +86,29 @@ def test_every_object_of_the_plan_exists_in_the_cluster(cluster: Cluster, plan_o
         assert cluster.find(manifest) is not None, f"{manifest['kind']} {manifest['metadata']['name']} is missing"
 
 
+def within(expected: Any, actual: Any) -> bool:
+    """`expected` is contained in `actual` (the API server adds defaults, never changes what was sent)."""
+    if isinstance(expected, dict):
+        return isinstance(actual, dict) and all(within(v, actual.get(k)) for k, v in expected.items())
+    if isinstance(expected, list):
+        return isinstance(actual, list) and len(expected) == len(actual) and all(map(within, expected, actual))
+    return bool(expected == actual)
+
+
+@pytest.mark.parametrize(
+    "kind", ["PriorityClass", "NetworkPolicy", "ServiceMonitor", "PrometheusRule", "ResourceQuota"]
+)
+def test_objects_hold_the_content_the_plan_shows(
+    cluster: Cluster, plan_objects: list[dict[str, Any]], kind: str
+) -> None:
+    (manifest,) = [o for o in plan_objects if o["kind"] == kind]
+    live = cluster.find(manifest)
+    assert live is not None
+    for field in ("spec", "value", "preemptionPolicy"):
+        if field in manifest:
+            assert within(manifest[field], live[field]), f"{kind}.{field} differs from the plan"
+
+
 def test_the_namespace_enforces_restricted_pod_security(cluster: Cluster) -> None:
     labels = cluster.get("namespace", NS)["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
