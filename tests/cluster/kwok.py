@@ -159,3 +159,12 @@ class LoadBalancerStandIn:
                     status,
                     check=False,
                 )
+
+
+def prepare_like_an_existing_cluster(cluster: Cluster, nodes: list[dict[str, Any]]) -> None:
+    """What an existing cluster with its own monitoring has before our stack arrives: its nodes, the Prometheus
+    Operator's CRDs and the monitoring namespace."""
+    cluster.apply(nodes)
+    cluster.apply(monitoring_crds())
+    cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    cluster.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "monitoring"}}])

@@ -15,7 +15,13 @@ from stack.plan import Plan
 from stack.testing import run_program, stack_config
 from stack.testing.harness import stack_settings
 
-from tests.cluster.kwok import STAND_IN_HOSTNAME, Cluster, LoadBalancerStandIn, kwok_cluster, monitoring_crds
+from tests.cluster.kwok import (
+    STAND_IN_HOSTNAME,
+    Cluster,
+    LoadBalancerStandIn,
+    kwok_cluster,
+    prepare_like_an_existing_cluster,
+)
 from tests.cluster.nodes import node_manifests
 from tests.cluster.pulumi_cli import PulumiProject, pulumi_project
 
@@ -41,10 +47,7 @@ STACK_CONFIG: dict[str, Any] = {
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with kwok_cluster(Path(tmp_path_factory.mktemp("kwok"))) as cluster, LoadBalancerStandIn(cluster):
         pools = NodePoolsConfig.model_validate(stack_settings("prod")[f"{NS}:nodePools"])
-        cluster.apply(node_manifests(pools, ZONES))
-        cluster.apply(monitoring_crds())
-        cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-        cluster.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "monitoring"}}])
+        prepare_like_an_existing_cluster(cluster, node_manifests(pools, ZONES))
         yield cluster
 
 

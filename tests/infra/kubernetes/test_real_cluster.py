@@ -20,7 +20,13 @@ from stack.nodes import CAPACITY_TYPE_LABEL, GPU_PRESENT_LABEL, NODE_POOL_LABEL,
 from stack.plan import run_plan
 from stack.testing.harness import stack_settings
 
-from tests.cluster.kwok import STAND_IN_HOSTNAME, Cluster, LoadBalancerStandIn, kwok_cluster, monitoring_crds
+from tests.cluster.kwok import (
+    STAND_IN_HOSTNAME,
+    Cluster,
+    LoadBalancerStandIn,
+    kwok_cluster,
+    prepare_like_an_existing_cluster,
+)
 from tests.cluster.nodes import node_manifests
 
 pytestmark = pytest.mark.slow
@@ -57,11 +63,7 @@ def plan_objects() -> list[dict[str, Any]]:
 def cluster(tmp_path_factory: pytest.TempPathFactory, plan_objects: list[dict[str, Any]]) -> Iterator[Cluster]:
     with kwok_cluster(Path(tmp_path_factory.mktemp("kwok"))) as cluster, LoadBalancerStandIn(cluster):
         pools = NodePoolsConfig.model_validate(stack_settings(STACK)[f"{NS}:nodePools"])
-        cluster.apply(node_manifests(pools, ZONES))
-        cluster.apply(monitoring_crds())
-        cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-        # The cluster's own monitoring namespace (monitoring: existing uses it, never creates it).
-        cluster.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "monitoring"}}])
+        prepare_like_an_existing_cluster(cluster, node_manifests(pools, ZONES))
         # Cluster-scoped and namespaces first, as Pulumi orders them by their dependencies.
         first = [o for o in plan_objects if o["kind"] in ("Namespace", "PriorityClass")]
         cluster.apply(first)
