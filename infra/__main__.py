@@ -32,8 +32,7 @@ if config.cluster_source == "eks":
         pulumi.log.warn(warning)
     platform = deploy_aws_platform(config)
     depends_on = platform.ready
-    # The image built in this run (by digest), or the prebuilt one the stack names.
-    image = platform.image if platform.image is not None else config.inference.image or ""
+    image = platform.image
     provider = k8s.Provider(
         "eks",
         kubeconfig=platform.cluster.kubeconfig,

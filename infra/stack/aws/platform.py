@@ -47,6 +47,7 @@ class AwsPlatform:
     server_image: ServerImage | None
     # S3 read access for the inference pods (model.source s3), through EKS Pod Identity.
     model_reader: PodIdentityRole | None
+    prebuilt_image: str | None
 
     @property
     def ready(self) -> list[pulumi.Resource]:
@@ -60,9 +61,12 @@ class AwsPlatform:
         ]
 
     @property
-    def image(self) -> pulumi.Output[str] | None:
-        """The image reference the inference pods run: the built image by digest, or None (the stack's own)."""
-        return self.server_image.ref if self.server_image is not None else None
+    def image(self) -> pulumi.Input[str]:
+        """The image the inference pods run: the one built in this run (by digest), or the stack's prebuilt one."""
+        if self.server_image is not None:
+            return self.server_image.ref
+        assert self.prebuilt_image is not None  # no build exactly when inference.image is set
+        return self.prebuilt_image
 
     @property
     def node_group_names(self) -> pulumi.Output[list[str]]:
@@ -187,7 +191,9 @@ def deploy_aws_platform(config: StackConfig) -> AwsPlatform:
                 tags=tags,
             ),
         )
-    return AwsPlatform(network, cluster, node_pools, addons, registry, server_image, model_reader)
+    return AwsPlatform(
+        network, cluster, node_pools, addons, registry, server_image, model_reader, config.inference.image
+    )
 
 
 def s3_read_policy(model: ModelConfig) -> str:

@@ -9,16 +9,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from stack.config.errors import ConfigError, key_path
-from stack.config.instance_types import GPU_INSTANCE_TYPES, pod_fits
-from stack.config.kubernetes import parse_quantity
+from stack.config.instance_types import pod_fits
+from stack.config.kubernetes import S3_DOWNLOAD_REQUESTS, parse_quantity
 
 if TYPE_CHECKING:
     from stack.config.loader import StackConfig
-
-# Requests of the S3 download init container (stack.kubernetes.inference_pod), which the pod's effective request
-# includes: the larger of it and the server container counts.
-S3_INIT_CPU = "500m"
-S3_INIT_MEMORY = "512Mi"
 
 
 def cross_check(config: StackConfig, alert_receiver_credential: str | None) -> None:
@@ -87,14 +82,14 @@ def _check_created_cluster(config: StackConfig, ns: str) -> None:
     cpu = parse_quantity(resources.cpu_request)
     memory = parse_quantity(resources.memory_request)
     if inference.model.source == "s3":
-        cpu = max(cpu, parse_quantity(S3_INIT_CPU))
-        memory = max(memory, parse_quantity(S3_INIT_MEMORY))
+        cpu = max(cpu, parse_quantity(S3_DOWNLOAD_REQUESTS["cpu"]))
+        memory = max(memory, parse_quantity(S3_DOWNLOAD_REQUESTS["memory"]))
+    # Every type of a pool has one shape (GpuNodePoolConfig checks it), so its first type stands for the pool.
     for key, pool in (("gpuOnDemand", config.node_pools.gpu_on_demand), ("gpuSpot", config.node_pools.gpu_spot)):
-        for instance_type in pool.instance_types:
-            problem = pod_fits(GPU_INSTANCE_TYPES[instance_type], cpu, memory, inference.gpu_count)
-            if problem is not None:
-                raise ConfigError(
-                    key_path(ns, ["nodePools", key, "instanceTypes"]),
-                    f"the inference pod cannot fit on {instance_type}: it {problem}",
-                    "use a larger instance type or lower inference.resources / inference.gpuCount",
-                )
+        problem = pod_fits(pool.shape, cpu, memory, inference.gpu_count)
+        if problem is not None:
+            raise ConfigError(
+                key_path(ns, ["nodePools", key, "instanceTypes"]),
+                f"the inference pod cannot fit on {pool.instance_types[0]}: it {problem}",
+                "use a larger instance type or lower inference.resources / inference.gpuCount",
+            )

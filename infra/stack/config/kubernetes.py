@@ -37,6 +37,11 @@ _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 # The weight files the server's loader reads (app/model/loader.py: LOADABLE_WEIGHTS): safetensors only.
 DEFAULT_MODEL_ID = "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
 
+# What the S3 download init container asks for (stack.kubernetes.inference_pod); the config model's fit check counts
+# it too, since a pod's effective request is the larger of its init container's and its containers'.
+S3_DOWNLOAD_REQUESTS = {"cpu": "500m", "memory": "512Mi"}
+AlertReceiver = Literal["none", "slack", "pagerduty", "webhook"]
+
 
 def parse_quantity(value: str) -> Decimal:
     """A Kubernetes resource quantity ("500m", "16Gi", "2") as a number, for comparisons."""
@@ -117,7 +122,7 @@ class AlertmanagerConfig(_Section):
     # Where alerts go. none: they show in Alertmanager's and Prometheus' UIs and are delivered nowhere. slack,
     # pagerduty, webhook: the credential (Slack incoming-webhook URL, PagerDuty Events v2 routing key, webhook URL)
     # is the `alertReceiverCredential` secret: `pulumi config set --secret alertReceiverCredential <value>`.
-    receiver: Literal["none", "slack", "pagerduty", "webhook"] = "none"
+    receiver: AlertReceiver = "none"
     # The Slack channel (receiver slack only); None: the webhook's own channel.
     slack_channel: str | None = None
 

@@ -9,7 +9,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from stack import versions
-from stack.config.kubernetes import InferenceConfig
+from stack.config.kubernetes import S3_DOWNLOAD_REQUESTS, InferenceConfig
 from stack.kubernetes.common import MODEL_CACHE_PATH, SERVER_PORT, SERVER_UID
 from stack.nodes import (
     CAPACITY_TYPE_LABEL,
@@ -215,7 +215,7 @@ def _s3_download(config: InferenceConfig) -> k8s.core.v1.ContainerArgs:
         command=["aws", "s3", "sync", "--only-show-errors", config.model.s3_uri or "", S3_WEIGHTS_PATH],
         env=[k8s.core.v1.EnvVarArgs(name="HOME", value="/tmp")],
         resources=k8s.core.v1.ResourceRequirementsArgs(
-            requests={"cpu": "500m", "memory": "512Mi"}, limits={"cpu": "2", "memory": "2Gi"}
+            requests=dict(S3_DOWNLOAD_REQUESTS), limits={"cpu": "2", "memory": "2Gi"}
         ),
         security_context=_security_context(),
         volume_mounts=_mounts()[:2],

@@ -16,6 +16,7 @@ import pulumi_kubernetes as k8s
 import yaml
 
 from stack import versions
+from stack.config.kubernetes import AlertReceiver
 from stack.helm import pinned_release
 from stack.kubernetes import metrics
 from stack.kubernetes.common import MANAGED_BY
@@ -36,9 +37,6 @@ ALERT_RECEIVER_KEY = "credential"
 ALERT_RECEIVER_FILE = f"/etc/alertmanager/secrets/{ALERT_RECEIVER_SECRET}/{ALERT_RECEIVER_KEY}"
 # The kube-prometheus-stack components that scrape the control plane and kube-proxy (and own their alerts).
 CONTROL_PLANE_SCRAPES = ("kubeControllerManager", "kubeScheduler", "kubeEtcd", "kubeProxy")
-
-
-AlertReceiver = Literal["none", "slack", "pagerduty", "webhook"]
 
 
 @dataclass(frozen=True)
