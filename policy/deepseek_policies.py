@@ -35,6 +35,12 @@ def _stack_of(urn: str) -> str:
     return parts[2] if len(parts) > 2 and parts[0] == "urn" else ""
 
 
+def _open_to_world(cidrs: Iterable[str] | None) -> bool:
+    """An allow-list that is empty (AWS then admits everyone) or names the whole internet."""
+    listed = list(cidrs or [])
+    return not listed or any(cidr in WORLD for cidr in listed)
+
+
 def is_production(args: ResourceValidationArgs) -> bool:
     tags: Mapping[str, Any] = args.props.get("tags") or {}
     environment = tags.get("environment") or _stack_of(args.urn or "")
@@ -69,9 +75,8 @@ def _prod_endpoint_not_public(args: ResourceValidationArgs, report: ReportViolat
     vpc = args.props.get("vpcConfig") or {}
     if vpc.get("endpointPublicAccess") is False:
         return
-    cidrs = vpc.get("publicAccessCidrs") or []
     # No CIDRs with a public endpoint means EKS opens it to 0.0.0.0/0.
-    if not cidrs or any(cidr in WORLD for cidr in cidrs):
+    if _open_to_world(vpc.get("publicAccessCidrs")):
         report(
             "The production EKS API endpoint is open to 0.0.0.0/0: list restricted publicAccessCidrs "
             "or set endpointPublicAccess false.",
@@ -166,8 +171,8 @@ def _prod_load_balancer_restricted(args: ResourceValidationArgs, report: ReportV
     spec = args.props.get("spec") or {}
     if spec.get("type") != "LoadBalancer":
         return
-    ranges = spec.get("loadBalancerSourceRanges") or []
-    if not ranges or any(cidr in WORLD for cidr in ranges):
+    # No source ranges: the load balancer admits everyone.
+    if _open_to_world(spec.get("loadBalancerSourceRanges")):
         report(
             "A production LoadBalancer Service is open to the whole internet: list the clients' CIDRs in "
             "inference.service.loadBalancerSourceRanges (or set service.internal: true).",
