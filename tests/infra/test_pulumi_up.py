@@ -1,9 +1,12 @@
-"""The real `pulumi up` (CLI, engine, Kubernetes provider, built from source) of an existing-cluster stack file onto
-the real test cluster: it succeeds, creates what the offline plan shows, has no perpetual diff, updates in place
-and destroys everything it made; a broken stack file gets the program's one line."""
+"""The real `pulumi up --policy-pack policy` (CLI, engine, Kubernetes provider, built from source; the program started
+from Pulumi.yaml by the Python language host) of an existing-cluster stack file onto the real test cluster: it
+succeeds with the policy pack passing, creates what the offline plan shows, has no perpetual diff, updates in place
+and destroys everything it made; a broken stack file gets the program's one line; a non-compliant one is refused
+by the policy pack inside the real preview."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,15 +57,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory, cluster: Cluster) -> PulumiProject:
     project = pulumi_project(Path(tmp_path_factory.mktemp("pulumi")))
-    project.init_stack(
-        STACK, STACK_CONFIG, {"kubeconfig": cluster.kubeconfig.read_text(), "apiKeys": "e2e-key-1,e2e-key-2"}
-    )
+    project.init_stack(STACK, STACK_CONFIG, cluster_secrets(cluster))
     return project
+
+
+def cluster_secrets(cluster: Cluster) -> dict[str, str]:
+    return {"kubeconfig": cluster.kubeconfig.read_text(), "apiKeys": "e2e-key-1,e2e-key-2"}
 
 
 @pytest.fixture(scope="module")
 def first_up(project: PulumiProject) -> dict[str, Any]:
-    return project.run("up", STACK)
+    return project.up(STACK)
 
 
 def planned_objects(project: PulumiProject) -> list[dict[str, Any]]:
@@ -78,6 +83,24 @@ def test_pulumi_up_succeeds_and_exports_the_endpoint(first_up: dict[str, Any]) -
     assert first_up["ok"], first_up.get("error")
     assert first_up["outputs"]["inferenceEndpoint"] == STAND_IN_HOSTNAME
     assert set(first_up["changes"]) == {"create"}
+    # The policy pack ran inside the update and passed (the CLI lists the packs it ran).
+    assert "Policies:" in first_up["log"] and "deepseek-inference" in first_up["log"], first_up["log"][-2000:]
+
+
+def test_the_policy_pack_refuses_a_non_compliant_stack_in_the_real_preview(
+    project: PulumiProject, cluster: Cluster
+) -> None:
+    """A production stack whose LoadBalancer admits the whole internet: the program accepts it (it is valid config),
+    the policy pack's mandatory rule refuses it, and nothing reaches the cluster."""
+    inference = {
+        **STACK_CONFIG["inference"],
+        "service": {"loadBalancerSourceRanges": ["0.0.0.0/0"], "internal": False},
+    }
+    project.init_stack("prod", dict(STACK_CONFIG, inference=inference), cluster_secrets(cluster))
+    result = project.preview("prod")
+    assert not result["ok"]
+    assert "prod-load-balancer-restricted" in result["error"], result["error"][-3000:]
+    assert "mandatory" in result["error"]
 
 
 def test_every_planned_object_exists_in_the_cluster(
@@ -100,15 +123,15 @@ def test_pulumi_waited_for_a_ready_server_on_a_preferred_gpu_node(first_up: dict
 
 
 def test_a_second_preview_shows_no_changes(first_up: dict[str, Any], project: PulumiProject) -> None:
-    preview = project.run("preview-no-changes", STACK)
+    preview = project.preview(STACK, "--expect-no-changes")
     assert preview["ok"], preview.get("error")
-    assert set(preview["changes"]) == {"same"}
+    assert re.search(r"^\s+\d+ unchanged$", preview["log"], re.MULTILINE), preview["log"][-2000:]
 
 
 def test_a_config_change_updates_in_place(first_up: dict[str, Any], project: PulumiProject, cluster: Cluster) -> None:
     inference = dict(STACK_CONFIG["inference"], autoscaling={"minReplicas": 2, "maxReplicas": 5})
     project.set_config(STACK, "inference", inference)
-    update = project.run("up", STACK)
+    update = project.up(STACK)
     assert update["ok"], update.get("error")
     assert "replace" not in update["changes"] and update["changes"].get("update", 0) >= 1
     assert cluster.get("hpa", "deepseek", "-n", NS)["spec"]["maxReplicas"] == 5
@@ -119,7 +142,7 @@ def test_a_config_change_updates_in_place(first_up: dict[str, Any], project: Pul
 def test_a_broken_stack_file_prints_the_programs_one_line(project: PulumiProject) -> None:
     broken = dict(STACK_CONFIG, inference={**STACK_CONFIG["inference"], "gpuCount": "two"})
     project.init_stack("broken", broken, {"kubeconfig": "apiVersion: v1\nclusters: [{name: c}]\n", "apiKeys": "k"})
-    result = project.run("up", "broken")
+    result = project.up("broken")
     assert not result["ok"]
     assert "config key 'deepseek-inference:inference.gpuCount'" in result["error"]
     assert "Traceback" not in result["error"] and "validation error" not in result["error"]
@@ -129,7 +152,7 @@ def test_destroy_leaves_none_of_the_stacks_objects(
     first_up: dict[str, Any], project: PulumiProject, cluster: Cluster
 ) -> None:
     objects = planned_objects(project)
-    destroyed = project.run("destroy", STACK)
+    destroyed = project.destroy(STACK)
     assert destroyed["ok"], destroyed.get("error")
     for manifest in objects:
         found = cluster.find(manifest)

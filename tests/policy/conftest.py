@@ -1,4 +1,4 @@
-"""Policy-pack tests run in .venv-policy (pulumi-policy pins protobuf 5). The stacks' mocked resources come from
+"""Policy-pack tests run in policy/venv (pulumi-policy pins protobuf 5). The stacks' mocked resources come from
 the main environment (pulumi-aws needs protobuf 6) through `python -m stack.testing.dump`, generated fresh."""
 
 from __future__ import annotations
