@@ -1,22 +1,15 @@
 """Prometheus metrics, named in vLLM's style with a `deepseek_` prefix (colons are reserved for recording rules).
 
-| metric | type | meaning |
-| --- | --- | --- |
-| deepseek_num_requests_waiting | gauge | requests queued for a batch slot (the autoscaler uses waiting + running) |
-| deepseek_num_requests_running | gauge | requests in the running batch |
-| deepseek_batch_size | gauge | rows in the last forward pass |
-| deepseek_requests_total{endpoint,status} | counter | finished HTTP requests to /v1 routes by status code |
-| deepseek_e2e_request_latency_seconds | histogram | request arrival to last byte, generation routes |
-| deepseek_time_to_first_token_seconds | histogram | request queued to first token |
-| deepseek_inter_token_latency_seconds | histogram | gap between consecutive tokens of one request |
-| deepseek_prompt_tokens_total | counter | prompt tokens of accepted requests |
-| deepseek_generation_tokens_total | counter | generated tokens |
-| deepseek_model_loaded | gauge | 1 once the model is loaded |
-
-Every metric carries `model_name`. Each server owns its registry, so tests can run several apps in one process.
+METRICS is the one place each metric is named and described: the registry is built from it, the reference page
+(docs/server/metrics.md, `scripts/docs`) is generated from it, and a test checks every name the stack's
+autoscaler, alerts and dashboard read against what the server really exposes. Every metric carries `model_name`.
+Each server owns its registry, so tests can run several apps in one process.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -27,47 +20,92 @@ ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05,
 E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 120, 300, 600)
 
 
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric as Prometheus exposes it: counters gain `_total`, histograms `_bucket`, `_sum` and `_count`."""
+
+    name: str  # the exposed name (a counter's with its `_total`)
+    kind: Literal["gauge", "counter", "histogram"]
+    meaning: str
+    labels: tuple[str, ...] = ()  # besides model_name
+
+    @property
+    def base_name(self) -> str:
+        """The name prometheus_client is given (it appends `_total` to a counter itself)."""
+        return self.name.removesuffix("_total") if self.kind == "counter" else self.name
+
+
+WAITING = MetricSpec(
+    "deepseek_num_requests_waiting",
+    "gauge",
+    "requests queued for a batch slot (the autoscaler scales on waiting + running)",
+)
+RUNNING = MetricSpec("deepseek_num_requests_running", "gauge", "requests in the running batch")
+BATCH_SIZE = MetricSpec("deepseek_batch_size", "gauge", "rows in the last forward pass")
+MODEL_LOADED = MetricSpec("deepseek_model_loaded", "gauge", "1 once the model is loaded and serving")
+REQUESTS = MetricSpec(
+    "deepseek_requests_total", "counter", "finished HTTP requests to /v1 routes by status code", ("endpoint", "status")
+)
+E2E_LATENCY = MetricSpec(
+    "deepseek_e2e_request_latency_seconds", "histogram", "request arrival to last byte, generation routes (200s)"
+)
+TIME_TO_FIRST_TOKEN = MetricSpec("deepseek_time_to_first_token_seconds", "histogram", "request queued to first token")
+INTER_TOKEN_LATENCY = MetricSpec(
+    "deepseek_inter_token_latency_seconds", "histogram", "gap between consecutive tokens of one request"
+)
+PROMPT_TOKENS = MetricSpec("deepseek_prompt_tokens_total", "counter", "prompt tokens of accepted requests")
+GENERATION_TOKENS = MetricSpec("deepseek_generation_tokens_total", "counter", "generated tokens")
+
+METRICS = (
+    WAITING,
+    RUNNING,
+    BATCH_SIZE,
+    REQUESTS,
+    E2E_LATENCY,
+    TIME_TO_FIRST_TOKEN,
+    INTER_TOKEN_LATENCY,
+    PROMPT_TOKENS,
+    GENERATION_TOKENS,
+    MODEL_LOADED,
+)
+
+
+def describe() -> str:
+    """The Markdown table of every metric, for docs/server/metrics.md."""
+    rows = ["| metric | type | meaning |", "| --- | --- | --- |"]
+    for spec in METRICS:
+        labels = "{" + ",".join(spec.labels) + "}" if spec.labels else ""
+        rows.append(f"| `{spec.name}{labels}` | {spec.kind} | {spec.meaning} |")
+    return "\n".join(rows)
+
+
 class Metrics(EngineObserver):
     def __init__(self, model_name: str) -> None:
         self.registry = CollectorRegistry()
-        labels = ["model_name"]
         r = self.registry
-        self._waiting = Gauge("deepseek_num_requests_waiting", "Requests waiting for a batch slot.", labels, registry=r)
-        self._running = Gauge("deepseek_num_requests_running", "Requests in the running batch.", labels, registry=r)
-        self._batch = Gauge("deepseek_batch_size", "Rows in the last forward pass.", labels, registry=r)
-        self._loaded = Gauge("deepseek_model_loaded", "1 once the model is loaded and serving.", labels, registry=r)
-        self._requests = Counter(
-            "deepseek_requests",
-            "Finished /v1 requests by endpoint and status.",
-            [*labels, "endpoint", "status"],
-            registry=r,
-        )
-        self._e2e = Histogram(
-            "deepseek_e2e_request_latency_seconds",
-            "Request arrival to last byte.",
-            labels,
-            buckets=E2E_BUCKETS,
-            registry=r,
-        )
-        self._ttft = Histogram(
-            "deepseek_time_to_first_token_seconds",
-            "Request queued to first token.",
-            labels,
-            buckets=TTFT_BUCKETS,
-            registry=r,
-        )
-        self._itl = Histogram(
-            "deepseek_inter_token_latency_seconds",
-            "Gap between consecutive tokens.",
-            labels,
-            buckets=ITL_BUCKETS,
-            registry=r,
-        )
-        self._prompt_tokens = Counter("deepseek_prompt_tokens", "Prompt tokens.", labels, registry=r)
-        self._generation_tokens = Counter("deepseek_generation_tokens", "Generated tokens.", labels, registry=r)
+
+        def gauge(spec: MetricSpec) -> Gauge:
+            return Gauge(spec.base_name, spec.meaning, ["model_name", *spec.labels], registry=r)
+
+        def counter(spec: MetricSpec) -> Counter:
+            return Counter(spec.base_name, spec.meaning, ["model_name", *spec.labels], registry=r)
+
+        def histogram(spec: MetricSpec, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(spec.base_name, spec.meaning, ["model_name", *spec.labels], buckets=buckets, registry=r)
+
+        self._waiting = gauge(WAITING)
+        self._running = gauge(RUNNING)
+        self._batch = gauge(BATCH_SIZE)
+        self._loaded = gauge(MODEL_LOADED)
+        self._requests = counter(REQUESTS)
+        self._e2e = histogram(E2E_LATENCY, E2E_BUCKETS)
+        self._ttft = histogram(TIME_TO_FIRST_TOKEN, TTFT_BUCKETS)
+        self._itl = histogram(INTER_TOKEN_LATENCY, ITL_BUCKETS)
+        self._prompt_tokens = counter(PROMPT_TOKENS)
+        self._generation_tokens = counter(GENERATION_TOKENS)
         self._model = model_name
-        for gauge in (self._waiting, self._running, self._batch, self._loaded):
-            gauge.labels(model_name).set(0)
+        for zeroed in (self._waiting, self._running, self._batch, self._loaded):
+            zeroed.labels(model_name).set(0)
 
     # EngineObserver hooks, called on the event loop as steps arrive from the engine process
     def on_queue(self, waiting: int, running: int) -> None:

@@ -218,7 +218,7 @@ UNSET_MEANS = {"model": "the built-in model", "served_model_name": "the model va
 
 
 def describe() -> str:
-    """A Markdown table of every setting, for the README."""
+    """A Markdown table of every setting, for docs/server/configuration.md (scripts/docs)."""
     defaults = {f.name: f.default for f in fields(Settings)}
     rows = ["| flag | environment variable | default | meaning |", "| --- | --- | --- | --- |"]
     for option in OPTIONS:

@@ -10,7 +10,7 @@ from pydantic_core import ErrorDetails
 # Fixes for pydantic's own error types (our validators write their own fix into the message).
 _FIXES: dict[str, str] = {
     "missing": "add this key to the stack file",
-    "extra_forbidden": "remove it or correct its spelling (see the README's configuration tables)",
+    "extra_forbidden": "remove it or correct its spelling (see docs/deploy/configuration.md)",
     "int_parsing": "write a whole number",
     "int_type": "write a whole number",
     "int_from_float": "write a whole number",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -10,7 +9,7 @@ from typing import Protocol
 import pulumi
 import pulumi_kubernetes as k8s
 
-from stack.config.kubernetes import InferenceConfig
+from stack.config.kubernetes import InferenceConfig, scale_quantity
 from stack.kubernetes import metrics
 from stack.kubernetes.common import (
     MANAGED_BY,
@@ -165,7 +164,7 @@ class InferenceService(pulumi.ComponentResource):
         resources = config.resources
 
         def times(quantity: str) -> str:
-            return _scale_quantity(quantity, pods)
+            return scale_quantity(quantity, pods)
 
         k8s.core.v1.ResourceQuota(
             f"{name}-quota",
@@ -203,7 +202,7 @@ class InferenceService(pulumi.ComponentResource):
     ) -> k8s.core.v1.Service:
         service = config.service
         annotations = {
-            # An NLB from the cloud provider (see the README's Kubernetes layer for why not the LB Controller).
+            # An NLB from the cloud provider (see docs/deploy/kubernetes-layer.md for why not the LB Controller).
             "service.beta.kubernetes.io/aws-load-balancer-type": "nlb",
             "service.beta.kubernetes.io/aws-load-balancer-cross-zone-load-balancing-enabled": "true",
             # Read by the AWS Load Balancer Controller, whose webhook takes over LoadBalancer Services where it runs
@@ -384,11 +383,3 @@ def _load_balancer_host(status: k8s.core.v1.outputs.ServiceStatus | None) -> str
         return ""
     return ingress[0].hostname or ingress[0].ip or ""
 
-
-def _scale_quantity(quantity: str, factor: int) -> str:
-    """'16Gi' times 3 is '48Gi', '500m' times 3 is '1500m' (quantities are validated by the config model)."""
-    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(.*)", quantity)
-    if match is None:
-        raise ValueError(f"{quantity!r} is not a quantity")
-    number = float(match[1]) * factor
-    return f"{int(number) if number.is_integer() else number}{match[2]}"
