@@ -17,8 +17,18 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any
 
+from app.engine.messages import (
+    Add,
+    Cancel,
+    Failed,
+    FailedRequests,
+    Progress,
+    Ready,
+    Step,
+    StepToken,
+    ToEngine,
+)
 from app.engine.text import Decoder, IncrementalText
 from app.engine.types import EngineDeadError, FinishReason, QueueFullError, SamplingParams, TokenEvent
 from app.engine.wire import BlockingReader, FrameDecoder, LoopReader, LoopWriter
@@ -69,7 +79,6 @@ class EngineClient:
         self._reader: LoopReader | None = None
         self.failure: str | None = None
         self.description = ""
-        self.context_length = 0
         self._closing = False
         self._spawning = threading.Lock()
 
@@ -103,14 +112,16 @@ class EngineClient:
         reader = BlockingReader(from_engine.fileno())
         try:
             while not self._closing:
-                message = reader.recv()
-                if message[0] == "progress":
-                    progress(message[1])
-                elif message[0] == "failed":
-                    raise ModelLoadError(message[1])
-                elif message[0] == "ready":
-                    self.description, self.context_length = message[1], message[2]
-                    break
+                match reader.recv():
+                    case Progress(text):
+                        progress(text)
+                    case Failed(reason):
+                        raise ModelLoadError(reason)
+                    case Ready(description):
+                        self.description = description
+                        break
+                    case unknown:
+                        raise ModelLoadError(f"the engine sent {unknown!r} while loading")
         except (EOFError, OSError):
             if not self._closing:
                 raise ModelLoadError(
@@ -165,10 +176,6 @@ class EngineClient:
     def alive(self) -> bool:
         return self.failure is None and self._process is not None and self._process.is_alive()
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._requests)
-
     def _exit_code(self) -> int | None:
         """The engine's exit code, waiting a moment for it to be reaped (not on the event loop)."""
         if self._process is None:
@@ -186,7 +193,7 @@ class EngineClient:
             raise QueueFullError(f"{len(self._requests)} requests are already in the engine")
         request = Request(next(self._ids), IncrementalText(self._tokenizer, params.stop))
         self._requests[request.request_id] = request
-        self._send(("add", request.request_id, prompt, params))
+        self._send(Add(request.request_id, prompt, params))
         return request
 
     async def stream(self, request: Request) -> AsyncGenerator[TokenEvent, None]:
@@ -212,13 +219,13 @@ class EngineClient:
     def _forget(self, request: Request, cancel: bool) -> None:
         request.finished = True
         if self._requests.pop(request.request_id, None) is not None and cancel:
-            self._send(("cancel", request.request_id))
+            self._send(Cancel(request.request_id))
 
     def _finish(self, request: Request, event: TokenEvent, cancel_in_engine: bool = False) -> None:
         request.events.put_nowait(event)
         self._forget(request, cancel=cancel_in_engine)
 
-    def _on_step(self, outputs: list[tuple[int, int, str | None, bool]], waiting: int, running: int, rows: int) -> None:
+    def _on_step(self, outputs: list[StepToken], waiting: int, running: int, rows: int) -> None:
         self._observer.on_queue(waiting, running)
         self._observer.on_step(rows)
         now = time.perf_counter()
@@ -269,15 +276,18 @@ class EngineClient:
         assert self._loop is not None
         return self._loop
 
-    def _send(self, message: tuple[Any, ...]) -> None:
+    def _send(self, message: ToEngine) -> None:
         assert self._writer is not None, "requests are submitted only after `ready`"
         self._writer.send(message)  # after close() the writer drops it
 
-    def _on_message(self, message: tuple[Any, ...]) -> None:
-        if message[0] == "step":
-            self._on_step(*message[1:])
-        elif message[0] == "failed_requests":
-            self._on_failed_requests(*message[1:])
+    def _on_message(self, message: object) -> None:
+        match message:
+            case Step(tokens, waiting, running, rows):
+                self._on_step(tokens, waiting, running, rows)
+            case FailedRequests(request_ids, reason):
+                self._on_failed_requests(request_ids, reason)
+            case unknown:
+                logger.error(f"the engine sent a message this process does not know: {unknown!r}")
 
     def _on_pipe_closed(self) -> None:
         code = self._process.exitcode if self._process is not None else None  # no waiting on the event loop

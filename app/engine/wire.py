@@ -1,4 +1,5 @@
-"""Messages between the API process and the engine process: pickled tuples, each framed by its length.
+"""Moving messages between the API process and the engine process: the records of messages.py, pickled, each
+framed by its length.
 
 Both processes hold one end of two one-way pipes. The API process reads and writes its ends on its event loop
 (LoopReader, LoopWriter: non-blocking descriptors watched by the loop): no helper thread has to win the interpreter

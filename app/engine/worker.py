@@ -2,12 +2,7 @@
 
 A separate process, as in vLLM's V1 engine core: model steps and the HTTP event loop no longer take turns on
 one interpreter lock, so request parsing and token streaming run on another core while the model computes.
-Messages are small tuples over two one-way pipes (framing: wire.py):
-
-    API → engine   ("add", id, prompt_ids, SamplingParams) | ("cancel", id); the pipe closing means stop
-    engine → API   ("progress", text) | ("ready", description, context_length) | ("failed", text)
-                   | ("step", [(id, token, finish, is_eos), ...], waiting, running, rows)
-                   | ("failed_requests", [id, ...], reason)
+Messages are the typed records of messages.py over two one-way pipes (framing: wire.py).
 
 The engine steps as soon as it has work: a request that reaches an idle engine is prefilled at once, and a burst
 of clients overlaps its hand-over with that first prefill (see QUIET_S for how the rest of a burst is grouped).
@@ -25,6 +20,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from app.engine.batch_loop import BatchLoop
+from app.engine.messages import Add, Cancel, Failed, FailedRequests, FromEngine, Progress, Ready, Step
 from app.engine.types import SamplingParams
 from app.engine.wire import BlockingReader, write_all
 from app.model.loader import ModelLoadError, WeightsSpec, load_weights
@@ -54,23 +50,23 @@ def run_worker(inbox: Connection, outbox: Connection, spec: WorkerSpec) -> None:
 
     configure_logging(spec.log_level)
 
-    def send(message: tuple[object, ...]) -> None:
+    def send(message: FromEngine) -> None:
         write_all(outbox.fileno(), message)
 
     try:
         try:
-            weights = load_weights(spec.weights, lambda text: send(("progress", text)))
+            weights = load_weights(spec.weights, lambda text: send(Progress(text)))
             threads = cpu_threads() if weights.model.device.type == "cpu" else None
             loop = BatchLoop(weights.model, weights.eos_token_ids, spec.max_batch_size, cpu_threads=threads)
             _warm_up(loop, spec.max_batch_size)
         except ModelLoadError as error:
-            send(("failed", str(error)))
+            send(Failed(str(error)))
             return
         except Exception as error:  # torch or transformers failed in a way we did not foresee: still one line
-            send(("failed", f"the model could not be loaded: {type(error).__name__}: {error}"))
+            send(Failed(f"the model could not be loaded: {type(error).__name__}: {error}"))
             return
         gc.freeze()  # the model and libraries live as long as the process: keep the collector from walking them
-        send(("ready", weights.description, weights.context_length))
+        send(Ready(weights.description, weights.context_length))
         _serve(loop, BlockingReader(inbox.fileno()), send)
     except (EOFError, BrokenPipeError, OSError):
         return  # the API process closed the pipes (shutdown) or is gone: nothing left to serve
@@ -106,7 +102,7 @@ QUIET_S = 0.002
 GATHER_CAP_S = 0.010
 
 
-def _serve(loop: BatchLoop, inbox: BlockingReader, send: Callable[[tuple[object, ...]], None]) -> None:
+def _serve(loop: BatchLoop, inbox: BlockingReader, send: Callable[[FromEngine], None]) -> None:
     reported = (0, 0)
     while True:
         arrived = _take_messages(loop, inbox, send, 0.0)  # what came in during the last step
@@ -122,15 +118,14 @@ def _serve(loop: BatchLoop, inbox: BlockingReader, send: Callable[[tuple[object,
             # A step that raises (out of memory, a kernel error) leaves the batch in an unknown state: fail the
             # requests in it, log why, and keep serving new ones rather than taking the whole server down.
             logger.exception("engine step failed", extra={"event": "engine_step_failed"})
-            send(("failed_requests", loop.reset(), f"{type(error).__name__}: {error}"))
+            send(FailedRequests(loop.reset(), f"{type(error).__name__}: {error}"))
             outputs = []
         counts = (loop.waiting, loop.running)
         if outputs or counts != reported:  # a cancelled request changes the counts without producing a token
             reported = counts
             stats = loop.last
             send(
-                (
-                    "step",
+                Step(
                     [(o.request_id, o.token, o.finish.value if o.finish else None, o.is_eos) for o in outputs],
                     loop.waiting,
                     loop.running,
@@ -142,19 +137,21 @@ def _serve(loop: BatchLoop, inbox: BlockingReader, send: Callable[[tuple[object,
 
 
 def _take_messages(
-    loop: BatchLoop, inbox: BlockingReader, send: Callable[[tuple[object, ...]], None], timeout: float | None
+    loop: BatchLoop, inbox: BlockingReader, send: Callable[[FromEngine], None], timeout: float | None
 ) -> int:
     """Handle every message that is ready (waiting up to timeout for the first); return how many were adds."""
     added = 0
     while inbox.poll(timeout):
-        message = inbox.recv()
-        if message[0] == "add":
-            added += 1
-            try:
-                loop.add(message[1], message[2], message[3])
-            except Exception as error:  # e.g. a seed torch cannot take: fail that request, not the engine
-                send(("failed_requests", [message[1]], f"{type(error).__name__}: {error}"))
-        elif message[0] == "cancel":
-            loop.cancel(message[1])
+        match inbox.recv():
+            case Add(request_id, prompt, params):
+                added += 1
+                try:
+                    loop.add(request_id, prompt, params)
+                except Exception as error:  # e.g. a seed torch cannot take: fail that request, not the engine
+                    send(FailedRequests([request_id], f"{type(error).__name__}: {error}"))
+            case Cancel(request_id):
+                loop.cancel(request_id)
+            case unknown:
+                raise TypeError(f"the engine got a message it does not know: {unknown!r}")
         timeout = 0.0
     return added

@@ -12,15 +12,16 @@ from typing import Any
 
 import pytest
 
+from app.engine.messages import Add, Cancel, Progress, Step
 from app.engine.types import SamplingParams
 from app.engine.wire import BlockingReader, FrameDecoder, LoopReader, LoopWriter, frame, write_all
 from tests.app.aio import run
 
 MESSAGES: list[tuple[Any, ...]] = [
-    ("add", 7, [1, 2, 3], SamplingParams(max_tokens=4, stop=("\n",))),
-    ("cancel", 7),
-    ("step", [(7, 42, None, False), (8, 1, "stop", True)], 0, 2, 2),
-    ("progress", "loading ✓"),
+    Add(7, [1, 2, 3], SamplingParams(max_tokens=4, stop=("\n",))),
+    Cancel(7),
+    Step([(7, 42, None, False), (8, 1, "stop", True)], 0, 2, 2),
+    Progress("loading ✓"),
 ]
 
 
@@ -35,7 +36,9 @@ def pipe() -> Iterator[tuple[int, int]]:
 
 def test_frames_decode_to_the_same_messages_in_order() -> None:
     decoder = FrameDecoder()
-    assert decoder.feed(b"".join(frame(m) for m in MESSAGES)) == MESSAGES
+    decoded = decoder.feed(b"".join(frame(m) for m in MESSAGES))
+    assert decoded == MESSAGES
+    assert [type(m) for m in decoded] == [type(m) for m in MESSAGES]  # the records, not bare tuples
     assert decoder.feed(frame(MESSAGES[1])) == [MESSAGES[1]]  # nothing was left over
 
 
@@ -88,7 +91,7 @@ def test_blocking_reader_says_eof_when_the_writer_closes(pipe: tuple[int, int]) 
 
 def test_write_all_sends_a_message_larger_than_the_pipe(pipe: tuple[int, int]) -> None:
     read_fd, write_fd = pipe
-    large = ("add", 1, list(range(200_000)), SamplingParams(max_tokens=1))  # ~1 MB pickled, a pipe holds 64 KiB
+    large = Add(1, list(range(200_000)), SamplingParams(max_tokens=1))  # ~1 MB pickled, a pipe holds 64 KiB
     received: list[tuple[Any, ...]] = []
     thread = threading.Thread(target=lambda: received.append(BlockingReader(read_fd).recv()))
     thread.start()
@@ -109,7 +112,7 @@ def test_leftover_hands_over_a_partly_read_message(pipe: tuple[int, int]) -> Non
 
 def test_loop_writer_never_blocks_on_a_full_pipe_and_keeps_the_order(pipe: tuple[int, int]) -> None:
     read_fd, write_fd = pipe
-    batches = [("add", n, list(range(20_000)), SamplingParams(max_tokens=1)) for n in range(10)]  # ~1 MB in all
+    batches = [Add(n, list(range(20_000)), SamplingParams(max_tokens=1)) for n in range(10)]  # ~1 MB in all
 
     async def scenario() -> list[tuple[Any, ...]]:
         writer = LoopWriter(asyncio.get_running_loop(), write_fd)
@@ -175,7 +178,7 @@ def test_a_failing_handler_loses_only_its_own_message(pipe: tuple[int, int]) -> 
         handled: list[tuple[Any, ...]] = []
 
         def on_message(message: tuple[Any, ...]) -> None:
-            if message[0] == "cancel":
+            if isinstance(message, Cancel):
                 raise ValueError("a bug in one handler")
             handled.append(message)
 
@@ -186,4 +189,4 @@ def test_a_failing_handler_loses_only_its_own_message(pipe: tuple[int, int]) -> 
         await asyncio.wait_for(closed.wait(), timeout=5)
         return handled
 
-    assert run(scenario()) == [m for m in MESSAGES if m[0] != "cancel"]
+    assert run(scenario()) == [m for m in MESSAGES if not isinstance(m, Cancel)]

@@ -19,6 +19,7 @@ import pytest
 
 from app.engine import worker
 from app.engine.batch_loop import StepOutput, StepStats
+from app.engine.messages import Add, Cancel, Step
 from app.engine.types import SamplingParams
 from app.engine.wire import BlockingReader, frame, write_all
 
@@ -114,7 +115,7 @@ def pipes() -> Iterator[tuple[int, int, int, int]]:
 def serve(loop: RecordingLoop, pipes: tuple[int, int, int, int], feed: Callable[[Write], None]) -> list[Any]:
     """Run the serving loop while `feed(write)` plays the HTTP process; return what the engine sent back."""
     inbox_read, inbox_write, outbox_read, outbox_write = pipes
-    received: list[tuple[Any, ...]] = []
+    received: list[Step] = []
     ended: list[BaseException] = []
 
     def engine() -> None:
@@ -129,7 +130,9 @@ def serve(loop: RecordingLoop, pipes: tuple[int, int, int, int], feed: Callable[
         reader = BlockingReader(outbox_read)
         with contextlib.suppress(EOFError):
             while True:
-                received.append(reader.recv())
+                message = reader.recv()
+                assert isinstance(message, Step), message
+                received.append(message)
 
     threads = [threading.Thread(target=engine), threading.Thread(target=collect)]
     for thread in threads:
@@ -169,7 +172,7 @@ def test_a_request_reaching_an_idle_engine_is_stepped_at_once(
 
     def feed(write: Write) -> None:
         sent_at.append(time.monotonic())
-        write(("add", 1, [1, 2], PARAMS))
+        write(Add(1, [1, 2], PARAMS))
         loop.wait_for_steps(1)
 
     serve(loop, pipes, feed)
@@ -185,16 +188,16 @@ def test_a_burst_arriving_during_a_step_is_gathered_into_the_next_one(
     loop = RecordingLoop(step_s=0.2)
 
     def feed(write: Write) -> None:
-        write(("add", 0, [1], PARAMS))  # the first of the burst reaches an idle engine
+        write(Add(0, [1], PARAMS))  # the first of the burst reaches an idle engine
         loop.wait_for_steps(1)
         for request_id in range(1, 21):  # the rest trickle in for ~0.6 s, well past the first step
-            write(("add", request_id, [1], PARAMS))
+            write(Add(request_id, [1], PARAMS))
             time.sleep(0.03)
         loop.wait_for_steps(2)
 
     received = serve(loop, pipes, feed)
     assert loop.groups == [[0], list(range(1, 21))]
-    assert [len(message[1]) for message in received] == [1, 20]  # one step message per step, a token per row
+    assert [len(message.tokens) for message in received] == [1, 20]  # one step message per step, a token per row
 
 
 def test_gathering_stops_at_the_cap_when_requests_never_stop_coming(
@@ -205,7 +208,7 @@ def test_gathering_stops_at_the_cap_when_requests_never_stop_coming(
 
     def feed(write: Write) -> None:
         for request_id in range(40):  # one every 20 ms for 0.8 s: the pipe is never quiet for 0.5 s
-            write(("add", request_id, [1], PARAMS))
+            write(Add(request_id, [1], PARAMS))
             time.sleep(0.02)
         # Closing the inbox stops the engine at once; on a loaded machine the last arrivals may not be stepped yet.
         loop.wait_for_requests(40)
@@ -222,9 +225,9 @@ def test_a_single_arrival_during_a_step_does_not_wait(
     loop = RecordingLoop(step_s=0.2)
 
     def feed(write: Write) -> None:
-        write(("add", 0, [1], PARAMS))
+        write(Add(0, [1], PARAMS))
         loop.wait_for_steps(1)
-        write(("add", 1, [1], PARAMS))  # arrives during the first step: steady traffic, not a burst
+        write(Add(1, [1], PARAMS))  # arrives during the first step: steady traffic, not a burst
         loop.wait_for_steps(2)
 
     serve(loop, pipes, feed)
@@ -240,9 +243,9 @@ def test_arrivals_that_do_not_outnumber_the_running_batch_do_not_hold_it_up(
     loop = RecordingLoop(step_s=0.1, decode_steps=10_000)  # a batch that keeps decoding
 
     def feed(write: Write) -> None:
-        write(*[("add", request_id, [1], PARAMS) for request_id in range(4)])
+        write(*[Add(request_id, [1], PARAMS) for request_id in range(4)])
         loop.wait_for_steps(1)  # their prefill runs; four rows will be decoding after it
-        write(("add", 4, [1], PARAMS), ("add", 5, [1], PARAMS))  # two arrive meanwhile: fewer than the four
+        write(Add(4, [1], PARAMS), Add(5, [1], PARAMS))  # two arrive meanwhile: fewer than the four
         loop.wait_for_steps(2)
 
     serve(loop, pipes, feed)
@@ -256,11 +259,11 @@ def test_the_gather_also_takes_cancellations(pipes: tuple[int, int, int, int], m
     loop = RecordingLoop(step_s=0.2)
 
     def feed(write: Write) -> None:
-        write(("add", 0, [1], PARAMS))
+        write(Add(0, [1], PARAMS))
         loop.wait_for_steps(1)
-        write(*[("add", request_id, [1], PARAMS) for request_id in (1, 2, 3)])
+        write(*[Add(request_id, [1], PARAMS) for request_id in (1, 2, 3)])
         time.sleep(0.4)  # the first step is over; the engine is gathering (1 s quiet window)
-        write(("cancel", 2))
+        write(Cancel(2))
         loop.wait_for_steps(2)
 
     serve(loop, pipes, feed)
@@ -274,14 +277,14 @@ def test_a_cancelled_last_request_is_reported_before_the_engine_sleeps(
     calls_at_cancel: list[int] = []
 
     def feed(write: Write) -> None:
-        write(("add", 0, [1], PARAMS))
+        write(Add(0, [1], PARAMS))
         loop.wait_for_steps(3)
         calls_at_cancel.append(loop.calls)
-        write(("cancel", 0))  # the client went away
+        write(Cancel(0))  # the client went away
         time.sleep(0.3)
 
     received = serve(loop, pipes, feed)
-    counts = [(message[2], message[3]) for message in received]
+    counts = [(message.waiting, message.running) for message in received]
     assert counts[0] == (0, 1)
     assert counts[-1] == (0, 0)  # the autoscaler's gauges must not stay at one running request
     assert loop.calls - calls_at_cancel[0] <= 3  # and then it slept instead of stepping an empty batch for 0.3 s

@@ -1,0 +1,66 @@
+"""The messages between the HTTP process and the engine process, one small typed record each (framing: wire.py).
+
+They are NamedTuples: a record pickles as a tuple with its class named once, so a frame costs what the bare tuples
+it replaces cost, and each side dispatches on the record's class with `match`. The per-token payload of a Step
+stays a plain tuple: it is the one part that grows with the batch.
+
+    HTTP process → engine   Add | Cancel; the pipe closing means stop
+    engine → HTTP process   Progress* then Ready | Failed while loading; then Step | FailedRequests
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from app.engine.types import SamplingParams
+
+
+class Add(NamedTuple):
+    request_id: int
+    prompt: list[int]
+    params: SamplingParams
+
+
+class Cancel(NamedTuple):
+    request_id: int
+
+
+class Progress(NamedTuple):
+    """A loading message for the log (download, load, warm-up)."""
+
+    text: str
+
+
+class Ready(NamedTuple):
+    description: str
+    context_length: int
+
+
+class Failed(NamedTuple):
+    """The model could not be loaded: the reason, in one line."""
+
+    reason: str
+
+
+# (request id, token id, finish reason's value or None, whether the token is EOS)
+StepToken = tuple[int, int, str | None, bool]
+
+
+class Step(NamedTuple):
+    """What one batch step produced, and the queue after it."""
+
+    tokens: list[StepToken]
+    waiting: int
+    running: int
+    rows: int
+
+
+class FailedRequests(NamedTuple):
+    """These requests ended with an error (their step failed, or one could not be added); the engine goes on."""
+
+    request_ids: list[int]
+    reason: str
+
+
+ToEngine = Add | Cancel
+FromEngine = Progress | Ready | Failed | Step | FailedRequests
