@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.api.errors import APIError
+from app.api.errors import model_loading
 from app.runtime import Runtime, Served
 
 
@@ -20,7 +20,7 @@ async def get_runtime(request: Request) -> Runtime:
 async def get_served(request: Request) -> Served:
     served = (await get_runtime(request)).served
     if served is None:  # the gate middleware already refuses this; kept so handlers can trust the type
-        raise APIError(503, "the model is still loading; retry shortly", type="server_error", code="loading")
+        raise model_loading()
     return served
 
 

@@ -33,14 +33,36 @@ class APIError(Exception):
         self.headers = headers or {}
 
 
+def model_loading() -> APIError:
+    """The one "still loading" refusal (the gate middleware's, and the handlers' own check behind it)."""
+    return APIError(
+        503,
+        "the model is still loading; retry shortly",
+        type="server_error",
+        code="loading",
+        headers={"Retry-After": "5"},
+    )
+
+
+class GenerationError(APIError):
+    """The engine ended a request with an error (its batch step failed, or the engine died). Raised by the stream
+    of engine events; a response that has not started yet answers 503 with it, a started stream ends with it as
+    its last event (framing.event_stream)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(503, f"generation failed: {reason}", type="server_error", code="engine_error")
+
+
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+def body_of(error: APIError) -> dict[str, Any]:
+    return error_body(error.message, error.type, error.param, error.code)
+
+
 def error_response(error: APIError) -> JSONResponse:
-    return JSONResponse(
-        error_body(error.message, error.type, error.param, error.code), status_code=error.status, headers=error.headers
-    )
+    return JSONResponse(body_of(error), status_code=error.status, headers=error.headers)
 
 
 def _location(loc: tuple[Any, ...]) -> str:

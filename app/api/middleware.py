@@ -10,11 +10,11 @@ import hashlib
 import logging
 import secrets
 import time
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.errors import APIError, error_response
+from app.api.errors import APIError, error_response, model_loading
+from app.api.request_record import record_in
 from app.runtime import Runtime
 
 logger = logging.getLogger("app.access")
@@ -44,10 +44,9 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send_with_status)
         finally:
             seconds = time.perf_counter() - started
-            state: dict[str, Any] = scope.get("state", {})
-            status = state.get("status_override", status)
-            prompt_tokens = int(state.get("prompt_tokens", 0))
-            completion_tokens = int(state.get("completion_tokens", 0))
+            record = record_in(scope.setdefault("state", {}))
+            status = record.status if record.status is not None else status
+            prompt_tokens, completion_tokens = record.prompt_tokens, record.completion_tokens
             path: str = scope["path"]
             if path.startswith(API_PREFIX):
                 self.runtime.metrics.request_finished(path, status, seconds, prompt_tokens, completion_tokens)
@@ -62,7 +61,7 @@ class AccessLogMiddleware:
                         "prompt_tokens": prompt_tokens,
                         "completion_tokens": completion_tokens,
                         "latency_ms": round(seconds * 1000, 1),
-                        "stream": bool(state.get("stream", False)),
+                        "stream": record.stream,
                     },
                 )
 
@@ -172,13 +171,7 @@ class GateMiddleware:
                 503, f"the server cannot serve: {runtime.failure}", type="server_error", code="unavailable"
             )
         elif runtime.served is None:
-            refusal = APIError(
-                503,
-                "the model is still loading; retry shortly",
-                type="server_error",
-                code="loading",
-                headers={"Retry-After": "5"},
-            )
+            refusal = model_loading()
         if refusal is not None:
             await error_response(refusal)(scope, receive, send)
             return

@@ -7,11 +7,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from app.api import generation
+from app.api import admission, framing
 from app.api.deps import RuntimeDep, ServedDep
 from app.api.errors import APIError
 from app.api.reasoning import ReasoningSplitter, prompt_opens_reasoning, split_reasoning
 from app.api.schemas import ChatCompletionRequest
+from app.engine.types import FinishReason
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -27,71 +28,78 @@ def render_prompt(tokenizer: Any, body: ChatCompletionRequest) -> str:
     return text
 
 
+class ChatChunks:
+    """The chunks of a streamed chat completion: deltas, with R1's reasoning split into reasoning_content."""
+
+    def __init__(self, completion_id: str, created: int, model: str, prompt_tokens: int, thinking: bool) -> None:
+        self._id, self._created, self._model, self._prompt_tokens = completion_id, created, model, prompt_tokens
+        self._splitter = ReasoningSplitter(starts_in_reasoning=thinking)
+
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        choice = {"delta": delta, "finish_reason": finish_reason}
+        return framing.envelope(self._id, "chat.completion.chunk", self._created, self._model, choice)
+
+    def text(self, text: str, final: bool) -> list[dict[str, Any]]:
+        reasoning, content = self._splitter.feed(text)
+        if final:
+            more_reasoning, more_content = self._splitter.finish()
+            reasoning, content = reasoning + more_reasoning, content + more_content
+        chunks = []
+        if reasoning:
+            chunks.append(self.chunk({"reasoning_content": reasoning}))
+        if content:
+            chunks.append(self.chunk({"content": content}))
+        return chunks
+
+    def finish(self, reason: FinishReason) -> dict[str, Any]:
+        return self.chunk({}, finish_reason=reason.value)
+
+    def usage(self, completion_tokens: int) -> dict[str, Any]:
+        return {**self.chunk({}), "choices": [], "usage": framing.usage(self._prompt_tokens, completion_tokens)}
+
+
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, runtime: RuntimeDep, served: ServedDep
 ) -> Response:
-    generation.check_model(runtime, body.model)
+    admission.check_model(runtime, body.model)
     tokenizer = served.tokenizer
     prompt_text = render_prompt(tokenizer, body)
-    prompt = generation.encode(tokenizer, prompt_text)
-    max_tokens = generation.completion_budget(
-        len(prompt), body.requested_max_tokens, runtime.settings.max_model_len, default=None, prompt_field="messages"
+    admitted = admission.admit(
+        request,
+        runtime,
+        served,
+        admission.encode(tokenizer, prompt_text),
+        requested_max_tokens=body.requested_max_tokens,
+        default_max_tokens=None,
+        prompt_field="messages",
+        sampling=body.sampling,
+        stream=body.stream,
     )
-    sequence = generation.submit(runtime, served.engine, prompt, body.sampling(max_tokens))
-    request.state.prompt_tokens = len(prompt)
-    request.state.stream = body.stream
+    prompt_tokens = len(admitted.prompt)
     thinking = prompt_opens_reasoning(prompt_text)
-    completion_id, created = generation.new_id("chatcmpl"), generation.now()
-
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-        choice = {"delta": delta, "finish_reason": finish_reason}
-        return generation.envelope(completion_id, "chat.completion.chunk", created, runtime.model_name, choice)
+    completion_id, created = framing.new_id("chatcmpl"), framing.now()
 
     if body.stream:
-        splitter = ReasoningSplitter(starts_in_reasoning=thinking)
-
-        def on_text(text: str, final: bool) -> list[dict[str, Any]]:
-            reasoning, content = splitter.feed(text)
-            if final:
-                more_reasoning, more_content = splitter.finish()
-                reasoning, content = reasoning + more_reasoning, content + more_content
-            chunks = []
-            if reasoning:
-                chunks.append(chunk({"reasoning_content": reasoning}))
-            if content:
-                chunks.append(chunk({"content": content}))
-            return chunks
-
-        def on_usage(completion_tokens: int) -> dict[str, Any]:
-            return {**chunk({}), "choices": [], "usage": generation.usage(len(prompt), completion_tokens)}
-
-        lines = generation.stream_chunks(
-            served.engine,
-            sequence,
-            request,
-            on_text,
-            lambda reason: chunk({}, finish_reason=reason.value),
-            on_usage if body.include_usage else None,
-        )
+        chunks = ChatChunks(completion_id, created, runtime.model_name, prompt_tokens, thinking)
+        lines = framing.stream_chunks(served.engine, admitted.sequence, request, chunks, body.include_usage)
         # The role chunk goes out with the first token: one write per stream instead of two during a burst.
-        return await generation.event_stream(
-            lines, preamble=generation.sse(chunk({"role": "assistant", "content": ""}))
-        )
+        preamble = framing.sse(chunks.chunk({"role": "assistant", "content": ""}))
+        return await framing.event_stream(lines, request, preamble=preamble)
 
-    outcome = await generation.collect(served.engine, sequence, request)
+    outcome = await framing.collect(served.engine, admitted.sequence, request)
     if outcome is None:
-        return Response(status_code=generation.CLIENT_GONE)  # nobody is left to read it
+        return Response(status_code=framing.CLIENT_GONE)  # nobody is left to read it
     reasoning, content = split_reasoning(outcome.text, starts_in_reasoning=thinking)
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if reasoning is not None:
         message["reasoning_content"] = reasoning
-    answer = generation.envelope(
+    answer = framing.envelope(
         completion_id,
         "chat.completion",
         created,
         runtime.model_name,
         {"message": message, "finish_reason": outcome.finish_reason.value},
     )
-    answer["usage"] = generation.usage(len(prompt), outcome.completion_tokens)
+    answer["usage"] = framing.usage(prompt_tokens, outcome.completion_tokens)
     return JSONResponse(answer)

@@ -7,10 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from app.api import generation
+from app.api import admission, framing
 from app.api.deps import RuntimeDep, ServedDep
 from app.api.errors import APIError
 from app.api.schemas import CompletionRequest
+from app.engine.types import FinishReason
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -31,47 +32,51 @@ def prompt_ids(tokenizer: Any, body: CompletionRequest) -> list[int]:
         return ids
     text = prompt if isinstance(prompt, str) else str(prompt[0])
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    return bos + generation.encode(tokenizer, text)
+    return bos + admission.encode(tokenizer, text)
+
+
+class CompletionChunks:
+    """The chunks of a streamed text completion."""
+
+    def __init__(self, completion_id: str, created: int, model: str, prompt_tokens: int) -> None:
+        self._id, self._created, self._model, self._prompt_tokens = completion_id, created, model, prompt_tokens
+
+    def chunk(self, text: str, finish_reason: str | None = None) -> dict[str, Any]:
+        choice = {"text": text, "finish_reason": finish_reason}
+        return framing.envelope(self._id, "text_completion", self._created, self._model, choice)
+
+    def text(self, text: str, final: bool) -> list[dict[str, Any]]:
+        return [self.chunk(text)] if text else []
+
+    def finish(self, reason: FinishReason) -> dict[str, Any]:
+        return self.chunk("", finish_reason=reason.value)
+
+    def usage(self, completion_tokens: int) -> dict[str, Any]:
+        return {**self.chunk(""), "choices": [], "usage": framing.usage(self._prompt_tokens, completion_tokens)}
 
 
 @router.post("/completions", response_model=None)
 async def completions(body: CompletionRequest, request: Request, runtime: RuntimeDep, served: ServedDep) -> Response:
-    generation.check_model(runtime, body.model)
-    prompt = prompt_ids(served.tokenizer, body)
-    max_tokens = generation.completion_budget(
-        len(prompt),
-        body.requested_max_tokens,
-        runtime.settings.max_model_len,
-        default=DEFAULT_COMPLETION_TOKENS,
+    admission.check_model(runtime, body.model)
+    admitted = admission.admit(
+        request,
+        runtime,
+        served,
+        prompt_ids(served.tokenizer, body),
+        requested_max_tokens=body.requested_max_tokens,
+        default_max_tokens=DEFAULT_COMPLETION_TOKENS,
         prompt_field="prompt",
+        sampling=body.sampling,
+        stream=body.stream,
     )
-    sequence = generation.submit(runtime, served.engine, prompt, body.sampling(max_tokens))
-    request.state.prompt_tokens = len(prompt)
-    request.state.stream = body.stream
-    completion_id, created = generation.new_id("cmpl"), generation.now()
-
-    def chunk(text: str, finish_reason: str | None = None) -> dict[str, Any]:
-        choice = {"text": text, "finish_reason": finish_reason}
-        return generation.envelope(completion_id, "text_completion", created, runtime.model_name, choice)
-
+    chunks = CompletionChunks(framing.new_id("cmpl"), framing.now(), runtime.model_name, len(admitted.prompt))
     if body.stream:
+        lines = framing.stream_chunks(served.engine, admitted.sequence, request, chunks, body.include_usage)
+        return await framing.event_stream(lines, request)
 
-        def on_usage(completion_tokens: int) -> dict[str, Any]:
-            return {**chunk(""), "choices": [], "usage": generation.usage(len(prompt), completion_tokens)}
-
-        lines = generation.stream_chunks(
-            served.engine,
-            sequence,
-            request,
-            lambda text, _final: [chunk(text)] if text else [],
-            lambda reason: chunk("", finish_reason=reason.value),
-            on_usage if body.include_usage else None,
-        )
-        return await generation.event_stream(lines)
-
-    outcome = await generation.collect(served.engine, sequence, request)
+    outcome = await framing.collect(served.engine, admitted.sequence, request)
     if outcome is None:
-        return Response(status_code=generation.CLIENT_GONE)  # nobody is left to read it
-    body_json = chunk(outcome.text, finish_reason=outcome.finish_reason.value)
-    body_json["usage"] = generation.usage(len(prompt), outcome.completion_tokens)
-    return JSONResponse(body_json)
+        return Response(status_code=framing.CLIENT_GONE)  # nobody is left to read it
+    answer = chunks.chunk(outcome.text, finish_reason=outcome.finish_reason.value)
+    answer["usage"] = framing.usage(len(admitted.prompt), outcome.completion_tokens)
+    return JSONResponse(answer)

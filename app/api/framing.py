@@ -1,0 +1,177 @@
+"""Response framing: engine events in, OpenAI's completion objects out, whole (collect) or as server-sent events.
+
+Each route gives a ChunkFormatter (its chunk shapes: chat deltas with reasoning split, or completion text); the
+envelopes, usage objects, the stream's error event and [DONE] are built here for both. A generation that fails
+raises GenerationError once (engine events → stream_chunks); event_stream turns it into a JSON 503 when no byte
+has gone out yet, or into the stream's last event otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from app.api.errors import APIError, GenerationError, body_of
+from app.api.request_record import record_of
+from app.api.streaming import EventStreamResponse
+from app.engine.client import EngineClient
+from app.engine.client import Request as EngineRequest
+from app.engine.types import FinishReason
+
+FIRST_EVENT_WAIT_S = 1.0  # see event_stream
+CLIENT_GONE = 499  # the status logged for a request whose client disconnected before its answer was ready
+SSE_DONE = "data: [DONE]\n\n"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    text: str
+    finish_reason: FinishReason
+    completion_tokens: int
+
+
+class ChunkFormatter(Protocol):
+    """The chunks of one route's stream."""
+
+    def text(self, text: str, final: bool) -> list[dict[str, Any]]:
+        """Chunks for newly generated text (`final`: the last text of the generation)."""
+
+    def finish(self, reason: FinishReason) -> dict[str, Any]:
+        """The chunk that carries finish_reason."""
+
+    def usage(self, completion_tokens: int) -> dict[str, Any]:
+        """The usage chunk (stream_options.include_usage)."""
+
+
+def sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def envelope(completion_id: str, kind: str, created: int, model: str, choice: dict[str, Any]) -> dict[str, Any]:
+    """A completion object with one choice, as both routes answer and stream: `choice` holds its variable part."""
+    return {
+        "id": completion_id,
+        "object": kind,
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, **choice, "logprobs": None}],
+    }
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+async def collect(engine: EngineClient, sequence: EngineRequest, request: Request) -> Outcome | None:
+    """Wait for the whole answer. If the client disconnects meanwhile, cancel the generation and return None
+    (logged as 499, nginx's "client closed request")."""
+
+    async def consume() -> Outcome:
+        parts: list[str] = []
+        async for event in engine.stream(sequence):
+            parts.append(event.text)
+            if event.finish_reason is not None:
+                if event.error is not None:
+                    raise GenerationError(event.error)
+                return Outcome("".join(parts), event.finish_reason, event.completion_tokens)
+        raise GenerationError("the generation ended without a result")
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    consumer = asyncio.ensure_future(consume())
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({consumer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone = not consumer.done()
+        for task in (watcher, consumer):
+            task.cancel()
+        await asyncio.gather(watcher, consumer, return_exceptions=True)  # let the cancellations finish
+    record = record_of(request)
+    if gone:
+        record.status = CLIENT_GONE
+        return None
+    outcome = consumer.result()
+    record.completion_tokens = outcome.completion_tokens
+    return outcome
+
+
+async def stream_chunks(
+    engine: EngineClient,
+    sequence: EngineRequest,
+    request: Request,
+    formatter: ChunkFormatter,
+    include_usage: bool,
+) -> AsyncGenerator[str, None]:
+    """Engine events as SSE lines, ending with [DONE]; raises GenerationError if the engine ends the request with
+    an error. Closing it early (the client left) cancels the generation."""
+    record = record_of(request)
+    async with contextlib.aclosing(engine.stream(sequence)) as events:
+        async for event in events:
+            if event.error is not None:
+                raise GenerationError(event.error)
+            record.completion_tokens = event.completion_tokens
+            for chunk in formatter.text(event.text, event.finish_reason is not None):
+                yield sse(chunk)
+            if event.finish_reason is not None:
+                yield sse(formatter.finish(event.finish_reason))
+                if include_usage:
+                    yield sse(formatter.usage(event.completion_tokens))
+    yield SSE_DONE
+
+
+async def event_stream(lines: AsyncGenerator[str, None], request: Request, preamble: str = "") -> Response:
+    """An SSE response that starts with the first generated text when it comes soon; `preamble` goes before it.
+
+    Holding the headers back for up to FIRST_EVENT_WAIT_S lets a generation that fails before producing anything
+    answer with a real status (the error's own, with its JSON body) instead of a 200 stream carrying an error, and
+    keeps the HTTP process quiet while a burst of requests is being prefilled. A request that waits longer in the
+    queue gets its headers anyway, so proxies in front do not time out on it. A failure after that ends the stream
+    with an error event and [DONE], and is logged and counted as 503."""
+    first = asyncio.ensure_future(anext(lines, None))
+    await asyncio.wait({first}, timeout=FIRST_EVENT_WAIT_S)
+    if first.done() and isinstance(failure := first.exception(), APIError):
+        await lines.aclose()
+        raise failure  # answered by the API error handler, as any refusal is
+
+    async def everything() -> AsyncIterator[str]:
+        # Closing this generator early (the client left) closes the lines, and with them the generation, now.
+        async with contextlib.aclosing(lines):
+            try:
+                try:
+                    head = await first
+                except asyncio.CancelledError:
+                    first.cancel()
+                    await asyncio.wait({first})  # it runs the lines generator, which must be idle to be closed
+                    raise
+                yield preamble + (head or "")
+                async for line in lines:
+                    yield line
+            except APIError as error:
+                record_of(request).status = error.status
+                yield sse(body_of(error)) + SSE_DONE
+
+    return EventStreamResponse(everything())
