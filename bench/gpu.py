@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from bench.client import Connection
+from bench.local_server import local_server
 
 SHAPE = "qwen2-7b"
 # Peak HBM bandwidth in bytes/s by device name, from the vendors' data sheets.
@@ -83,8 +84,6 @@ async def _measure(base_url: str, parameters: int, roofline: float, device: str)
 
 def run_gpu_suite(json_path: str | None) -> int:
     import torch
-
-    from bench.__main__ import local_server
 
     if not torch.cuda.is_available():
         print("the GPU suite needs a CUDA device; torch sees none", file=sys.stderr)

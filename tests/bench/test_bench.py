@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.__main__ import percentile, resident_mib
+from bench.__main__ import percentile
+from bench.local_server import resident_mib
 
 ROOT = Path(__file__).resolve().parents[2]
 

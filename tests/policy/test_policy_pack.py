@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
 from typing import Any
 
 import deepseek_policies as rules
@@ -160,3 +163,16 @@ def test_production_load_balancers_admit_only_listed_clients() -> None:
     assert violations(rule, rules.SERVICE, {"spec": {"type": "LoadBalancer"}}, stack="prod")
     assert violations(rule, rules.SERVICE, open_service, stack="dev") == [], "dev may be open"
     assert violations(rule, rules.SERVICE, {"spec": {"type": "ClusterIP"}}, stack="prod") == []
+
+
+def test_the_gpu_taint_rule_checks_the_node_pools_own_taint() -> None:
+    """The node contract is written once (infra/stack/nodes.py); the pack, in its own environment, keeps the key it
+    checks, and this test holds the two together."""
+    contract = Path(__file__).resolve().parents[2] / "infra" / "stack" / "nodes.py"
+    spec = importlib.util.spec_from_file_location("node_contract", contract)
+    assert spec is not None and spec.loader is not None
+    nodes = importlib.util.module_from_spec(spec)
+    sys.modules["node_contract"] = nodes  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(nodes)
+    assert nodes.GPU_TAINT.key == rules.GPU_TAINT_KEY
+    assert nodes.GPU_TAINT.effect == "NO_SCHEDULE"

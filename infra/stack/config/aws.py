@@ -13,7 +13,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from stack.config.base import ConfigSection
+from stack.config.base import IAM_ARN, ConfigSection
 from stack.config.instance_types import GPU_INSTANCE_TYPES, GpuInstanceShape
 from stack.versions import (
     CLUSTER_AUTOSCALER_IMAGE_TAGS,
@@ -24,7 +24,6 @@ from stack.versions import (
 _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 _ZONE = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-[0-9][a-z]$")
 _CLUSTER_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]{0,99}$")
-_IAM_PRINCIPAL = re.compile(r"^arn:aws[a-z-]*:iam::[0-9]{12}:(role|user)/[\w+=,.@/-]+$")
 _DURATION = re.compile(r"^[0-9]+[smh]$")
 _ECR_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
 _ADDONS = ("vpc-cni", "kube-proxy", "coredns", "eks-pod-identity-agent", "aws-ebs-csi-driver")
@@ -33,12 +32,16 @@ _ADDONS = ("vpc-cni", "kube-proxy", "coredns", "eks-pod-identity-agent", "aws-eb
 # ------------------------------------------------------------------------------------------------------- network
 
 
+# A CIDR is written as a string in the stack file and parsed here: the one conversion the strict sections allow.
+Cidr = Annotated[IPv4Network, Field(strict=False)]
+
+
 class ZoneConfig(ConfigSection):
     """One availability zone: a public subnet (load balancers, NAT) and a private subnet (nodes)."""
 
     name: str
-    public_subnet_cidr: IPv4Network
-    private_subnet_cidr: IPv4Network
+    public_subnet_cidr: Cidr
+    private_subnet_cidr: Cidr
 
     @field_validator("name")
     @classmethod
@@ -49,7 +52,7 @@ class ZoneConfig(ConfigSection):
 
 
 class NetworkConfig(ConfigSection):
-    vpc_cidr: IPv4Network
+    vpc_cidr: Cidr
     # Listed in the stack file (no provider lookups while the program runs). EKS needs at least two.
     zones: list[ZoneConfig]
     # single: one NAT gateway for all zones (cheap; a zone outage cuts egress). perZone: one per zone (HA).
@@ -97,7 +100,7 @@ class ClusterConfig(ConfigSection):
     endpoint_private_access: bool = True
     endpoint_public_access: bool = True
     # Who may reach the public endpoint. Required when it is on: never leave it open to the world by accident.
-    public_access_cidrs: list[IPv4Network] = []
+    public_access_cidrs: list[Cidr] = []
     # IAM roles/users that get cluster-admin through an EKS access entry.
     admins: list[str] = []
     # IAM roles/users that get read-only access (AmazonEKSViewPolicy, whole cluster): e.g. the pull-request preview
@@ -130,7 +133,7 @@ class ClusterConfig(ConfigSection):
     @classmethod
     def _principals(cls, values: list[str]) -> list[str]:
         for value in values:
-            if not _IAM_PRINCIPAL.match(value):
+            if not IAM_ARN.match(value):
                 raise ValueError(
                     f"{value!r} is not an IAM role or user ARN like 'arn:aws:iam::123456789012:role/admin'"
                 )

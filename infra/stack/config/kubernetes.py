@@ -12,8 +12,9 @@ import re
 from decimal import Decimal
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, field_validator, model_validator
+
+from stack.config.base import IAM_ARN, ConfigSection
 
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _QUANTITY = re.compile(r"^(?P<number>[0-9]+(\.[0-9]+)?)(?P<suffix>m|Ki|Mi|Gi|Ti|k|M|G|T)?$")
@@ -51,6 +52,15 @@ def parse_quantity(value: str) -> Decimal:
     return Decimal(match["number"]) * _SUFFIX_FACTOR[match["suffix"]]
 
 
+def scale_quantity(value: str, factor: int) -> str:
+    """'16Gi' times 3 is '48Gi', '500m' times 3 is '1500m': the number scaled, the suffix kept."""
+    match = _QUANTITY.match(value)
+    if match is None:
+        raise ValueError(f"{value!r} is not a Kubernetes quantity; write e.g. '2', '500m', '16Gi'")
+    number = Decimal(match["number"]) * factor
+    return f"{number.normalize():f}{match['suffix'] or ''}"
+
+
 def _quantity(value: str) -> str:
     parse_quantity(value)
     return value
@@ -62,26 +72,20 @@ def _dns_label(value: str) -> str:
     return value
 
 
-class _Section(BaseModel):
-    """Strict, immutable, camelCase in the stack file; unknown keys are errors (a typo never passes silently)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, alias_generator=to_camel, populate_by_name=True)
-
-
 # --------------------------------------------------------------------------------------------------------- addons
 
 
-class DevicePluginConfig(_Section):
+class DevicePluginConfig(ConfigSection):
     enabled: bool = True
     # 1 = every pod gets whole GPUs. N > 1 = each GPU is advertised N times (CUDA time-slicing: no memory isolation).
     time_slicing_replicas: Annotated[int, Field(ge=1, le=48)] = 1
 
 
-class DcgmExporterConfig(_Section):
+class DcgmExporterConfig(ConfigSection):
     enabled: bool = True
 
 
-class PrometheusConfig(_Section):
+class PrometheusConfig(ConfigSection):
     retention: str = "15d"
     # Prometheus deletes the oldest blocks past this size; keep it under the volume size.
     retention_size: str = "45GB"
@@ -113,11 +117,11 @@ class PrometheusConfig(_Section):
         return _quantity(value)
 
 
-class GrafanaConfig(_Section):
+class GrafanaConfig(ConfigSection):
     enabled: bool = True
 
 
-class AlertmanagerConfig(_Section):
+class AlertmanagerConfig(ConfigSection):
     enabled: bool = True
     # Where alerts go. none: they show in Alertmanager's and Prometheus' UIs and are delivered nowhere. slack,
     # pagerduty, webhook: the credential (Slack incoming-webhook URL, PagerDuty Events v2 routing key, webhook URL)
@@ -135,7 +139,7 @@ class AlertmanagerConfig(_Section):
         return self
 
 
-class AddonsConfig(_Section):
+class AddonsConfig(ConfigSection):
     """Cluster add-ons: GPU plumbing and the monitoring stack (the `addons` config object)."""
 
     gpu_namespace: str = "nvidia"
@@ -180,7 +184,7 @@ class AddonsConfig(_Section):
 # ------------------------------------------------------------------------------------------------------ inference
 
 
-class ModelConfig(_Section):
+class ModelConfig(ConfigSection):
     # Where the weights come from: a Hugging Face id downloaded by the server, or an S3 prefix copied by an
     # init container into the model cache (the pod's ServiceAccount then needs read access: see serviceAccountRoleArn).
     source: Literal["huggingface", "s3"] = "huggingface"
@@ -202,7 +206,7 @@ class ModelConfig(_Section):
         return self
 
 
-class ResourcesConfig(_Section):
+class ResourcesConfig(ConfigSection):
     # The seed's sizing for a 7B model in bfloat16: 2-4 CPU, 16-32 Gi of host memory (weights are staged in RAM).
     cpu_request: str = "2"
     cpu_limit: str = "4"
@@ -229,7 +233,7 @@ class ResourcesConfig(_Section):
         return self
 
 
-class ModelCacheConfig(_Section):
+class ModelCacheConfig(ConfigSection):
     # emptyDir: node-local scratch, re-downloaded on every new pod. ephemeral: a fresh PVC per pod from
     # storageClassName (survives container restarts, not rescheduling). existingClaim: a shared claim (ReadWriteMany,
     # e.g. EFS) that every replica mounts: weights are downloaded once.
@@ -250,7 +254,7 @@ class ModelCacheConfig(_Section):
         return self
 
 
-class AutoscalingConfig(_Section):
+class AutoscalingConfig(ConfigSection):
     min_replicas: Annotated[int, Field(ge=1)] = 1
     max_replicas: Annotated[int, Field(ge=1)] = 2
     # HPA target: average of (waiting + running) requests per pod. Under the server's batch size (MAX_BATCH_SIZE,
@@ -266,7 +270,7 @@ class AutoscalingConfig(_Section):
         return self
 
 
-class SchedulingConfig(_Section):
+class SchedulingConfig(ConfigSection):
     # Preferred (not required) node capacity type: EKS labels managed nodes eks.amazonaws.com/capacityType.
     capacity_type: Literal["on-demand", "spot", "any"] = "on-demand"
     # required: never two pods in one zone while another zone has fewer (pods stay Pending if a zone has no GPUs).
@@ -274,7 +278,7 @@ class SchedulingConfig(_Section):
     priority: Annotated[int, Field(ge=0, le=1_000_000_000)] = 100_000
 
 
-class LifecycleConfig(_Section):
+class LifecycleConfig(ConfigSection):
     # Model download + load may take many minutes: the startup probe allows this long before restarting the pod.
     startup_timeout_seconds: Annotated[int, Field(ge=60, le=7200)] = 1200
     # Passed to the server as DRAIN_TIMEOUT: how long in-flight requests may run after SIGTERM.
@@ -292,7 +296,7 @@ class LifecycleConfig(_Section):
 _Cidrs = Annotated[tuple[str, ...], Field(strict=False)]
 
 
-class ServiceConfig(_Section):
+class ServiceConfig(ConfigSection):
     # Client CIDRs allowed through the load balancer (and by the NetworkPolicy).
     load_balancer_source_ranges: _Cidrs = ("0.0.0.0/0",)
     # internal: an NLB reachable only inside the VPC.
@@ -320,7 +324,7 @@ class ServiceConfig(_Section):
         return value
 
 
-class InferenceConfig(_Section):
+class InferenceConfig(ConfigSection):
     """One model deployment: the `inference` config object."""
 
     name: str = "deepseek"
@@ -364,7 +368,7 @@ class InferenceConfig(_Section):
     @field_validator("service_account_role_arn")
     @classmethod
     def _role_arn(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"arn:aws[a-z-]*:iam::[0-9]{12}:role/[\w+=,.@/-]+", value):
+        if value is not None and ((arn := IAM_ARN.match(value)) is None or arn["kind"] != "role"):
             raise ValueError(f"serviceAccountRoleArn {value!r} is not an IAM role ARN")
         return value
 

@@ -12,7 +12,7 @@ import pytest
 from stack.config import ConfigError
 from stack.config.aws import ClusterConfig
 from stack.config.instance_types import GPU_INSTANCE_TYPES, allocatable, pod_fits
-from stack.config.kubernetes import DEFAULT_MODEL_ID, InferenceConfig
+from stack.config.kubernetes import DEFAULT_MODEL_ID, InferenceConfig, scale_quantity
 from stack.plan import PLACEHOLDER_SECRETS
 from stack.testing.harness import stack_settings
 from stack.versions import CLUSTER_AUTOSCALER_IMAGE_TAGS, DEFAULT_KUBERNETES_VERSION
@@ -172,3 +172,22 @@ def test_alert_receiver_and_its_secret_go_together(load_config: Any) -> None:
     assert load_config("dev", {"addons": addons}, secrets=secrets).addons.alertmanager.receiver == "slack"
     lonely = refused(load_config, {}, secrets=secrets)
     assert "alerts would silently go nowhere" in lonely
+
+
+USER_ARN = "arn:aws:iam::123456789012:user/reader"
+
+
+def test_the_pods_iam_role_must_be_a_role_not_a_user(load_config: Any) -> None:
+    inference = {"image": "registry.example.com/deepseek/server:1.2.3", "serviceAccountRoleArn": USER_ARN}
+    message = refused(load_config, EXISTING | {"inference": inference}, secrets=PLACEHOLDER_SECRETS)
+    assert message.startswith(f"config key '{NS}:inference.serviceAccountRoleArn': serviceAccountRoleArn")
+    assert "is not an IAM role ARN" in message
+
+
+def test_quantities_scale_with_their_suffix_kept() -> None:
+    assert [scale_quantity(q, n) for q, n in (("16Gi", 3), ("500m", 3), ("1.5Gi", 2), ("2", 6))] == [
+        "48Gi",
+        "1500m",
+        "3Gi",
+        "12",
+    ]
