@@ -218,6 +218,18 @@ def test_prompt_longer_than_max_model_len_is_refused_not_clamped(server: LiveSer
     assert response.json()["error"]["code"] == "context_length_exceeded"
 
 
+@pytest.mark.parametrize("token", [-1, 10**9])
+def test_token_ids_outside_the_vocabulary_are_refused(server: LiveServer, token: int) -> None:
+    response = httpx.post(
+        f"{server.base_url}/v1/completions",
+        json={"model": MODEL, "prompt": [1, 2, token], "max_tokens": 1},
+        timeout=30,
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "prompt" and f"token id {token} is outside the vocabulary" in error["message"]
+
+
 def test_oversized_body_is_refused(server: LiveServer) -> None:
     body = json.dumps({"model": MODEL, "prompt": "x" * (5 * 1024 * 1024)})
     response = httpx.post(f"{server.base_url}/v1/completions", content=body, timeout=30)

@@ -6,6 +6,7 @@ by the policy pack inside the real preview."""
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,6 +86,17 @@ def test_pulumi_up_succeeds_and_exports_the_endpoint(first_up: dict[str, Any]) -
     assert set(first_up["changes"]) == {"create"}
     # The policy pack ran inside the update and passed (the CLI lists the packs it ran).
     assert "Policies:" in first_up["log"] and "deepseek-inference" in first_up["log"], first_up["log"][-2000:]
+
+
+def test_the_api_keys_reach_the_cluster_and_stay_encrypted_in_the_state(
+    first_up: dict[str, Any], project: PulumiProject, cluster: Cluster
+) -> None:
+    secret = cluster.get("secret", "deepseek-api-keys", "-n", NS)
+    assert base64.b64decode(secret["data"]["API_KEYS"]).decode() == cluster_secrets(cluster)["apiKeys"]
+    exported = project.cli("stack", "export", "-s", STACK)
+    assert exported.returncode == 0, exported.stderr
+    assert "deepseek-api-keys" in exported.stdout
+    assert "e2e-key-1" not in exported.stdout, "the state holds the API keys in plain text"
 
 
 def test_the_policy_pack_refuses_a_non_compliant_stack_in_the_real_preview(

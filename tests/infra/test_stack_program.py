@@ -30,6 +30,14 @@ def node_group(run: ProgramRun, pool: str) -> RecordedResource:
     return run.one(NODE_GROUP, pool)
 
 
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_the_whole_program_previews_as_it_updates(stack: str, dev_run: ProgramRun, prod_run: ProgramRun) -> None:
+    """`pulumi preview` runs the program with outputs it cannot know yet (unknowns): it plans the same resources."""
+    run = dev_run if stack == "dev" else prod_run
+    previewed = run_stack(stack, preview=True)
+    assert sorted((r.type, r.name) for r in previewed.resources) == sorted((r.type, r.name) for r in run.resources)
+
+
 def test_the_only_provider_function_is_the_image_push_credential(run: ProgramRun) -> None:
     # No lookups steer the plan; the build's ECR login token is the one call (nothing is built on preview).
     assert [call.token for call in run.calls if call.token.startswith("aws:")] == [

@@ -382,4 +382,3 @@ def _load_balancer_host(status: k8s.core.v1.outputs.ServiceStatus | None) -> str
     if not ingress:
         return ""
     return ingress[0].hostname or ingress[0].ip or ""
-

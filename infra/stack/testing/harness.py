@@ -121,17 +121,19 @@ def run_program(
     program: Path | Callable[[], None] = PROGRAM,
     project: str = PROJECT,
     docker: bool = True,
+    preview: bool = False,
 ) -> ProgramRun:
     """Runs the program (a file, or a function for unit tests of one component) once under mocks.
 
     `docker`: a stand-in Docker engine answers the program's probe (the mocks never build an image); False leaves
-    the machine's own DOCKER_HOST, engine or none. Exceptions the program raises (e.g. `pulumi.RunError`) propagate.
+    the machine's own DOCKER_HOST, engine or none. `preview`: run as `pulumi preview` does (outputs the engine does
+    not know yet are unknown). Exceptions the program raises (e.g. `pulumi.RunError`) propagate.
     """
     mocks = mocks or RecordingMocks(region=config.get("aws:region", "us-west-2"))
     _ensure_event_loop()
     ROOT.set(None)
     pulumi.runtime.set_all_config(dict(config), list(secret_keys))
-    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False)
+    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=preview)
     run = ProgramRun(stack=stack, resources=mocks.resources, calls=mocks.calls, options=mocks.options)
 
     async def collect_outputs() -> None:
@@ -180,7 +182,8 @@ def run_stack(
     secrets: Mapping[str, str] | None = None,
     mocks: RecordingMocks | None = None,
     docker: bool = True,
+    preview: bool = False,
 ) -> ProgramRun:
     """`run_program` configured from Pulumi.<stack>.yaml."""
     config, secret_keys = stack_config(stack, overrides, secrets)
-    return run_program(config, stack=stack, secret_keys=secret_keys, mocks=mocks, docker=docker)
+    return run_program(config, stack=stack, secret_keys=secret_keys, mocks=mocks, docker=docker, preview=preview)

@@ -19,7 +19,7 @@ import pytest
 
 from app.engine import worker
 from app.engine.batch_loop import StepOutput, StepStats
-from app.engine.messages import Add, Cancel, Step
+from app.engine.messages import Add, Cancel, FailedRequests, Step
 from app.engine.types import SamplingParams
 from app.engine.wire import BlockingReader, frame, write_all
 
@@ -115,7 +115,7 @@ def pipes() -> Iterator[tuple[int, int, int, int]]:
 def serve(loop: RecordingLoop, pipes: tuple[int, int, int, int], feed: Callable[[Write], None]) -> list[Any]:
     """Run the serving loop while `feed(write)` plays the HTTP process; return what the engine sent back."""
     inbox_read, inbox_write, outbox_read, outbox_write = pipes
-    received: list[Step] = []
+    received: list[Any] = []  # Step and FailedRequests records
     ended: list[BaseException] = []
 
     def engine() -> None:
@@ -131,7 +131,7 @@ def serve(loop: RecordingLoop, pipes: tuple[int, int, int, int], feed: Callable[
         with contextlib.suppress(EOFError):
             while True:
                 message = reader.recv()
-                assert isinstance(message, Step), message
+                assert isinstance(message, Step | FailedRequests), message
                 received.append(message)
 
     threads = [threading.Thread(target=engine), threading.Thread(target=collect)]
@@ -307,3 +307,58 @@ def test_warm_up_runs_the_lone_path_then_a_full_batch_joining_it(builtin_weights
     worker._warm_up(loop, max_batch_size=8)
     assert loop.idle
     assert loop.kinds[:3] == [("prefill", 1), ("prefill", 7), ("decode", 8)]  # lone, group joining it, full batch
+
+
+class FailingStepLoop(RecordingLoop):
+    """The first step with work raises, as an out-of-memory in a kernel would."""
+
+    def __init__(self) -> None:
+        super().__init__(step_s=0.0)
+        self.failed = False
+
+    def step(self) -> list[StepOutput]:
+        if not self.idle and not self.failed:
+            self.failed = True
+            with self._step_started:
+                self.steps.append((time.monotonic(), list(self.waiting_ids)))
+                self._step_started.notify_all()
+            raise RuntimeError("CUDA out of memory")
+        return super().step()
+
+
+def test_a_failing_step_ends_only_its_batch_and_the_engine_serves_the_next(pipes: tuple[int, int, int, int]) -> None:
+    loop = FailingStepLoop()
+
+    def feed(write: Write) -> None:
+        write(Add(1, [1], PARAMS), Add(2, [1], PARAMS))
+        loop.wait_for_steps(1)
+        write(Add(3, [1], PARAMS))
+        loop.wait_for_requests(3)
+
+    received = serve(loop, pipes, feed)
+    failures = [message for message in received if isinstance(message, FailedRequests)]
+    assert len(failures) == 1
+    assert sorted(failures[0].request_ids) == [1, 2] and "CUDA out of memory" in failures[0].reason
+    served = [token[0] for message in received if isinstance(message, Step) for token in message.tokens]
+    assert served == [3]
+
+
+class RefusingLoop(RecordingLoop):
+    def add(self, request_id: int, prompt: list[int], params: SamplingParams) -> None:
+        if request_id == 2:
+            raise ValueError("seed out of range")
+        super().add(request_id, prompt, params)
+
+
+def test_a_request_the_loop_cannot_take_fails_alone(pipes: tuple[int, int, int, int]) -> None:
+    loop = RefusingLoop(step_s=0.0)
+
+    def feed(write: Write) -> None:
+        write(Add(1, [1], PARAMS), Add(2, [1], PARAMS), Add(3, [1], PARAMS))
+        loop.wait_for_requests(2)
+
+    received = serve(loop, pipes, feed)
+    failures = [message for message in received if isinstance(message, FailedRequests)]
+    assert [f.request_ids for f in failures] == [[2]] and "seed out of range" in failures[0].reason
+    served = sorted(token[0] for message in received if isinstance(message, Step) for token in message.tokens)
+    assert served == [1, 3]

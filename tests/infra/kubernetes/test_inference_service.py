@@ -224,7 +224,16 @@ def test_quota_caps_gpus(objects: Objects, dev_run: ProgramRun, variant_run: Pro
         assert hard["requests.nvidia.com/gpu"] == str(gpus)
         assert hard["services.loadbalancers"] == "1"
         assert {"requests.cpu", "limits.cpu", "requests.memory", "limits.memory", "pods"} <= set(hard)
-    assert one(objects, dev_run, "ResourceQuota")["spec"]["hard"]["limits.memory"] == "96Gi"
+    # dev: the default 2-4 CPUs and 16-32 Gi per pod, maxReplicas 2 + 1 surge pod.
+    assert one(objects, dev_run, "ResourceQuota")["spec"]["hard"] == {
+        "requests.nvidia.com/gpu": "3",
+        "requests.cpu": "6",
+        "limits.cpu": "12",
+        "requests.memory": "48Gi",
+        "limits.memory": "96Gi",
+        "pods": "3",
+        "services.loadbalancers": "1",
+    }
     assert one(objects, dev_run, "LimitRange")["spec"]["limits"][0]["type"] == "Container"
 
 
