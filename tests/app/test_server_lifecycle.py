@@ -33,6 +33,26 @@ pytestmark = pytest.mark.slow
 # ----- servers started with other settings -----
 
 
+def test_the_gauges_the_autoscaler_adds_count_every_request_in_the_engine(model_cache: Path, tmp_path: Path) -> None:
+    """Five streams on a two-row batch: two running, three waiting. The HPA scales on their sum (the adapter's
+    deepseek_num_requests_inflight), so each gauge must hold its half exactly."""
+    with running(["--max-batch-size", "2"], model_cache, tmp_path / "log") as server:
+        streams = [
+            httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=LONG_STREAM, timeout=120)
+            for _ in range(5)
+        ]
+        responses = [stream.__enter__() for stream in streams]
+        try:
+            server.wait_for_metric("deepseek_num_requests_running", 2, timeout=30)
+            server.wait_for_metric("deepseek_num_requests_waiting", 3, timeout=30)
+        finally:
+            for stream, response in zip(streams, responses, strict=True):
+                stream.__exit__(None, None, None)
+                assert response.status_code == 200
+        server.wait_for_metric("deepseek_num_requests_running", 0, timeout=30)
+        server.wait_for_metric("deepseek_num_requests_waiting", 0, timeout=30)
+
+
 def test_api_keys_guard_v1_but_not_operations(model_cache: Path, tmp_path: Path) -> None:
     with running([], model_cache, tmp_path / "log", env={"API_KEYS": "key-one, key-two"}) as server:
         with pytest.raises(openai.AuthenticationError):
