@@ -154,14 +154,17 @@ def _language_host() -> Engine:
         if path.is_file():
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
     version = f"src-{digest.hexdigest()[:12]}"
+    # The engine wants a plain semantic version from a plugin: the SDK's, which this host is built on.
+    stamp = f"-s -w -X main.Version={versions.TEST_PULUMI_CLI_VERSION.lstrip('v')}"
+    module = "deepseek-inference/tests/cluster/language_host"  # its go.mod
+    packages = {"pulumi-language-python": "."}
     return Engine(
-        name="pulumi-language-python",
-        version=version,
-        module="deepseek-inference/tests/cluster/language_host",
-        module_version=version,
-        packages={"pulumi-language-python": "."},
-        # The engine wants a plain semantic version from a plugin: the SDK's, which this host is built on.
-        ldflags=f"-s -w -X main.Version={versions.TEST_PULUMI_CLI_VERSION.lstrip('v')}",
+        "pulumi-language-python",
+        version,
+        module,
+        version,
+        packages,
+        stamp,
         source=LANGUAGE_HOST,
         companions=("run_program.py",),
     )

@@ -13,45 +13,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stack.config.aws import NodePoolsConfig
 from stack.nodes import CAPACITY_TYPE_LABEL, GPU_PRESENT_LABEL
 from stack.plan import Plan
 from stack.testing import run_program, stack_config
-from stack.testing.harness import stack_settings
 
-from tests.cluster.kwok import (
-    STAND_IN_HOSTNAME,
-    Cluster,
-    LoadBalancerStandIn,
-    kwok_cluster,
-    prepare_like_an_existing_cluster,
-)
-from tests.cluster.nodes import node_manifests
+from tests.cluster.existing_prod import EXISTING_PROD, NS, prod_like_cluster
+from tests.cluster.kwok import STAND_IN_HOSTNAME, Cluster
 from tests.cluster.pulumi_cli import PulumiProject, pulumi_project
 
 pytestmark = pytest.mark.slow
 
-NS = "deepseek-inference"
 STACK = "e2e"
-ZONES = ["us-east-1a", "us-east-1b", "us-east-1c"]
-# A stack file as an operator of an existing cluster writes it: prod's inference settings, the cluster's own
-# monitoring (Prometheus Operator CRDs present), GPU add-ons already there, a prebuilt image.
+# The existing-cluster prod stack file, with an autoscaling range this suite changes in place.
 STACK_CONFIG: dict[str, Any] = {
-    "clusterSource": "existing",
-    "addons": {"monitoring": "existing", "devicePlugin": {"enabled": False}, "dcgmExporter": {"enabled": False}},
-    "inference": {
-        **stack_settings("prod")[f"{NS}:inference"],
-        "image": "registry.example.com/deepseek/server:1.2.3",
-        "autoscaling": {"minReplicas": 2, "maxReplicas": 4},
-    },
+    **EXISTING_PROD,
+    "inference": {**EXISTING_PROD["inference"], "autoscaling": {"minReplicas": 2, "maxReplicas": 4}},
 }
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with kwok_cluster(Path(tmp_path_factory.mktemp("kwok"))) as cluster, LoadBalancerStandIn(cluster):
-        pools = NodePoolsConfig.model_validate(stack_settings("prod")[f"{NS}:nodePools"])
-        prepare_like_an_existing_cluster(cluster, node_manifests(pools, ZONES))
+    with prod_like_cluster(Path(tmp_path_factory.mktemp("kwok"))) as cluster:
         yield cluster
 
 

@@ -134,6 +134,15 @@ func options(info *pulumirpc.ProgramInfo, forPlugin bool) (toolchain.PythonOptio
 	return opts, nil
 }
 
+// toolchainFor resolves the Python toolchain (pip, poetry, uv) and virtualenv a program or plugin runs with.
+func toolchainFor(info *pulumirpc.ProgramInfo, forPlugin bool) (toolchain.Toolchain, error) {
+	opts, err := options(info, forPlugin)
+	if err != nil {
+		return nil, err
+	}
+	return toolchain.ResolveToolchain(opts)
+}
+
 func (h *languageHost) Handshake(
 	ctx context.Context, req *pulumirpc.LanguageHandshakeRequest,
 ) (*pulumirpc.LanguageHandshakeResponse, error) {
@@ -162,11 +171,7 @@ func (h *languageHost) GetRequiredPackages(
 func (h *languageHost) GetProgramDependencies(
 	ctx context.Context, req *pulumirpc.GetProgramDependenciesRequest,
 ) (*pulumirpc.GetProgramDependenciesResponse, error) {
-	opts, err := options(req.GetInfo(), false)
-	if err != nil {
-		return nil, err
-	}
-	tc, err := toolchain.ResolveToolchain(opts)
+	tc, err := toolchainFor(req.GetInfo(), false)
 	if err != nil {
 		return nil, err
 	}
@@ -182,11 +187,7 @@ func (h *languageHost) GetProgramDependencies(
 }
 
 func (h *languageHost) About(ctx context.Context, req *pulumirpc.AboutRequest) (*pulumirpc.AboutResponse, error) {
-	opts, err := options(req.GetInfo(), false)
-	if err != nil {
-		return nil, err
-	}
-	tc, err := toolchain.ResolveToolchain(opts)
+	tc, err := toolchainFor(req.GetInfo(), false)
 	if err != nil {
 		return nil, err
 	}
@@ -225,11 +226,7 @@ func (h *languageHost) InstallDependencies(
 // Run runs the program: `python run_program.py --monitor ... <entry point>` in the project's virtualenv, with the
 // stack's config in the environment variables the Python SDK reads.
 func (h *languageHost) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulumirpc.RunResponse, error) {
-	opts, err := options(req.GetInfo(), false)
-	if err != nil {
-		return nil, err
-	}
-	tc, err := toolchain.ResolveToolchain(opts)
+	tc, err := toolchainFor(req.GetInfo(), false)
 	if err != nil {
 		return nil, err
 	}
@@ -304,11 +301,7 @@ func (h *languageHost) RunPlugin(
 ) error {
 	ctx := server.Context()
 	isAnalyzer := req.GetKind() == string(apitype.AnalyzerPlugin)
-	opts, err := options(req.GetInfo(), true)
-	if err != nil {
-		return err
-	}
-	tc, err := toolchain.ResolveToolchain(opts)
+	tc, err := toolchainFor(req.GetInfo(), true)
 	if err != nil {
 		return err
 	}

@@ -15,6 +15,7 @@ import runpy
 import sys
 import traceback
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pulumi
 import pulumi.runtime
@@ -23,38 +24,36 @@ from pulumi.runtime.settings import reset_options
 EXIT_AFTER_LOGGED_ERROR = 32
 
 
-def _arguments() -> argparse.Namespace:
+def _arguments() -> tuple[dict[str, Any], str]:
+    """The engine's flags, named as pulumi.runtime.settings.reset_options names them, and the entry point."""
     parser = argparse.ArgumentParser()
-    for name in ("monitor", "engine", "project", "stack", "root_directory", "organization"):
+    for name in ("project", "stack", "root_directory", "organization"):
         parser.add_argument(f"--{name}", default=None)
-    parser.add_argument("--dry_run", default="false")
+    parser.add_argument("--monitor", dest="monitor_address")
+    parser.add_argument("--engine", dest="engine_address")
+    parser.add_argument("--dry_run", dest="preview", type=lambda value: value == "true", default=False)
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("entry_point")
     arguments, _unknown = parser.parse_known_args()
-    return arguments
+    settings = vars(arguments)
+    entry_point = settings.pop("entry_point")
+    settings["organization"] = settings["organization"] or "organization"  # a file backend has none
+    return settings, entry_point
 
 
 def main() -> int:
-    arguments = _arguments()
-    reset_options(
-        project=arguments.project,
-        stack=arguments.stack,
-        root_directory=arguments.root_directory,
-        parallel=arguments.parallel,
-        engine_address=arguments.engine,
-        monitor_address=arguments.monitor,
-        preview=arguments.dry_run == "true",
-        organization=arguments.organization or "organization",
-    )
+    settings, entry_point = _arguments()
+    reset_options(**settings)
     pulumi.runtime.set_all_config(pulumi.runtime.get_config_env(), pulumi.runtime.get_config_secret_keys_env())
+    parallel: int = settings["parallel"]
 
     loop = asyncio.new_event_loop()
     # Resource registrations run in executor threads: as many as the engine's parallelism allows.
-    loop.set_default_executor(ThreadPoolExecutor(max_workers=max(arguments.parallel, 1) * 4))
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=max(parallel, 1) * 4))
 
     def program() -> None:
         # run_path on a directory puts it first on sys.path and runs its __main__.py, as `python DIR` does.
-        runpy.run_path(arguments.entry_point, run_name="__main__")
+        runpy.run_path(entry_point, run_name="__main__")
 
     try:
         loop.run_until_complete(pulumi.runtime.run_in_stack(program))

@@ -15,31 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stack.config.aws import NodePoolsConfig
 from stack.nodes import CAPACITY_TYPE_LABEL, GPU_PRESENT_LABEL, NODE_POOL_LABEL, ZONE_LABEL
 from stack.plan import run_plan
-from stack.testing.harness import stack_settings
 
-from tests.cluster.kwok import (
-    STAND_IN_HOSTNAME,
-    Cluster,
-    LoadBalancerStandIn,
-    kwok_cluster,
-    prepare_like_an_existing_cluster,
-)
-from tests.cluster.nodes import node_manifests
+from tests.cluster.existing_prod import EXISTING_PROD, NS, ZONES, prod_like_cluster
+from tests.cluster.kwok import STAND_IN_HOSTNAME, Cluster
 
 pytestmark = pytest.mark.slow
 
-NS = "deepseek-inference"
 STACK = "prod"
-# prod on a cluster it did not create, whose monitoring (Prometheus Operator CRDs, adapter) already runs.
-EXISTING_PROD: dict[str, Any] = {
-    "clusterSource": "existing",
-    "inference": {**stack_settings(STACK)[f"{NS}:inference"], "image": "registry.example.com/deepseek/server:1.2.3"},
-    "addons": {"monitoring": "existing", "devicePlugin": {"enabled": False}, "dcgmExporter": {"enabled": False}},
-}
-ZONES = [zone["name"] for zone in stack_settings(STACK)[f"{NS}:network"]["zones"]]
 MAX_REPLICAS = EXISTING_PROD["inference"]["autoscaling"]["maxReplicas"]
 
 
@@ -61,9 +45,7 @@ def plan_objects() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, plan_objects: list[dict[str, Any]]) -> Iterator[Cluster]:
-    with kwok_cluster(Path(tmp_path_factory.mktemp("kwok"))) as cluster, LoadBalancerStandIn(cluster):
-        pools = NodePoolsConfig.model_validate(stack_settings(STACK)[f"{NS}:nodePools"])
-        prepare_like_an_existing_cluster(cluster, node_manifests(pools, ZONES))
+    with prod_like_cluster(Path(tmp_path_factory.mktemp("kwok"))) as cluster:
         # Cluster-scoped and namespaces first, as Pulumi orders them by their dependencies.
         first = [o for o in plan_objects if o["kind"] in ("Namespace", "PriorityClass")]
         cluster.apply(first)
