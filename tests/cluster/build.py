@@ -312,11 +312,11 @@ def generate_monitoring_crds(env: dict[str, str], controller_gen: Path) -> float
     return time.monotonic() - started
 
 
-def pulumi_distribution() -> Path:
+def pulumi_distribution(built_engines: list[Engine] | None = None) -> Path:
     """The CLI and the Python language host in one directory, as Pulumi's own releases ship them: the CLI takes a
     language host beside its own executable as bundled (one on PATH earns a warning on every run, and
     `pulumi plugin install` refuses bundled kinds). Hard links: no copy, and the binary's path stays here."""
-    built = {engine.name: engine for engine in engines()}
+    built = {engine.name: engine for engine in built_engines or engines()}
     cli, host = built["pulumi"], built["pulumi-language-python"]
     directory = BIN / f"pulumi-dist-{cli.version}-{host.version}"
     files = [cli.binary("pulumi"), host.binary("pulumi-language-python")]
@@ -343,16 +343,17 @@ def _longest_first(engine: Engine) -> int:
 def main() -> int:
     env = go_environment()
     started = time.monotonic()
+    wanted = engines()  # once: the language host's version is a hash of its sources as they are now
     with ThreadPoolExecutor(max_workers=max(PARALLEL_BUILDS, 1)) as pool:
-        running = {pool.submit(build, engine, env): engine for engine in sorted(engines(), key=_longest_first)}
+        running = {pool.submit(build, engine, env): engine for engine in sorted(wanted, key=_longest_first)}
         for future in as_completed(running):
             engine, seconds = running[future], future.result()
             state = f"built in {seconds:.0f} s" if seconds else "already built"
             print(f"engines: {engine.name} {engine.version}: {state} -> {engine.directory}", flush=True)
-    controller_gen = next(e for e in engines() if e.name == "controller-gen").binary("controller-gen")
+    controller_gen = next(e for e in wanted if e.name == "controller-gen").binary("controller-gen")
     seconds = generate_monitoring_crds(env, controller_gen)
     print(f"engines: monitoring CRDs: {f'generated in {seconds:.0f} s' if seconds else 'already there'} -> {CRD_DIR}")
-    print(f"engines: pulumi with its Python language host -> {pulumi_distribution()}")
+    print(f"engines: pulumi with its Python language host -> {pulumi_distribution(wanted)}")
     print(f"engines: ready in {time.monotonic() - started:.0f} s", flush=True)
     return 0
 
