@@ -66,6 +66,9 @@ async def measure(base_url: str, api_key: str | None, model: str | None, concurr
         sequential: list[Result] = [await first.chat_stream(model, PROMPT, max_tokens) for _ in range(concurrency)]
         sequential_time = time.perf_counter() - started
 
+        # The sequential phase can outlast the server's keep-alive (75 s; ~70 s on a CPU without native bf16), and
+        # the server then closes the idle connections: open any it closed again, outside the measured time.
+        await asyncio.gather(*(c.chat_stream(model, PROMPT, 1) for c in connections))
         started = time.perf_counter()
         concurrent = await asyncio.gather(*(c.chat_stream(model, PROMPT, max_tokens) for c in connections))
         concurrent_time = time.perf_counter() - started

@@ -38,7 +38,10 @@ class Connection:
         self._writer: asyncio.StreamWriter | None = None
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self._reader is None or self._writer is None or self._writer.is_closing():
+        # A connection the server closed meanwhile (its keep-alive ran out while this one sat idle) reads as EOF.
+        if self._reader is None or self._writer is None or self._writer.is_closing() or self._reader.at_eof():
+            if self._writer is not None:
+                self._writer.close()
             context = ssl.create_default_context() if self._tls else None
             self._reader, self._writer = await asyncio.open_connection(self._host, self._port, ssl=context)
         return self._reader, self._writer

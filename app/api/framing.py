@@ -160,6 +160,7 @@ async def event_stream(lines: AsyncGenerator[str, None], request: Request, pream
     async def everything() -> AsyncIterator[str]:
         # Closing this generator early (the client left) closes the lines, and with them the generation, now.
         async with contextlib.aclosing(lines):
+            started = False
             try:
                 try:
                     head = await first
@@ -168,10 +169,12 @@ async def event_stream(lines: AsyncGenerator[str, None], request: Request, pream
                     await asyncio.wait({first})  # it runs the lines generator, which must be idle to be closed
                     raise
                 yield preamble + (head or "")
+                started = True
                 async for line in lines:
                     yield line
             except APIError as error:
                 record_of(request).status = error.status
-                yield sse(body_of(error)) + SSE_DONE
+                # A stream's first chunk is always its preamble (the role), error or not.
+                yield ("" if started else preamble) + sse(body_of(error)) + SSE_DONE
 
     return EventStreamResponse(everything())

@@ -321,6 +321,9 @@ def pulumi_distribution(built_engines: list[Engine] | None = None) -> Path:
     directory = BIN / f"pulumi-dist-{cli.version}-{host.version}"
     files = [cli.binary("pulumi"), host.binary("pulumi-language-python")]
     files += [host.directory / name for name in host.companions]
+    missing = [str(path) for path in files if not path.exists()]
+    if missing:
+        raise SystemExit(f"engines: {', '.join(missing)} missing: run `scripts/engines` (scripts/test does)")
     if not all((directory / path.name).exists() for path in files):
         directory.mkdir(parents=True, exist_ok=True)
         for path in files:
@@ -347,7 +350,12 @@ def main() -> int:
     with ThreadPoolExecutor(max_workers=max(PARALLEL_BUILDS, 1)) as pool:
         running = {pool.submit(build, engine, env): engine for engine in sorted(wanted, key=_longest_first)}
         for future in as_completed(running):
-            engine, seconds = running[future], future.result()
+            try:
+                engine, seconds = running[future], future.result()
+            except BaseException:
+                # Say so now, not after the builds still queued (tens of minutes cold): drop them.
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
             state = f"built in {seconds:.0f} s" if seconds else "already built"
             print(f"engines: {engine.name} {engine.version}: {state} -> {engine.directory}", flush=True)
     controller_gen = next(e for e in wanted if e.name == "controller-gen").binary("controller-gen")

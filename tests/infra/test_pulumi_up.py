@@ -67,7 +67,7 @@ def test_pulumi_up_succeeds_and_exports_the_endpoint(first_up: dict[str, Any]) -
     assert first_up["outputs"]["inferenceEndpoint"] == STAND_IN_HOSTNAME
     assert set(first_up["changes"]) == {"create"}
     # The policy pack ran inside the update and passed (the CLI lists the packs it ran).
-    assert "Policies:" in first_up["log"] and "deepseek-inference" in first_up["log"], first_up["log"][-2000:]
+    assert re.search(r"Policies:\s*\n\s*\S+ deepseek-inference@", first_up["log"]), first_up["log"][-2000:]
 
 
 def test_the_api_keys_reach_the_cluster_and_stay_encrypted_in_the_state(
@@ -85,7 +85,7 @@ def test_the_policy_pack_refuses_a_non_compliant_stack_in_the_real_preview(
     project: PulumiProject, cluster: Cluster
 ) -> None:
     """A production stack whose LoadBalancer admits the whole internet: the program accepts it (it is valid config),
-    the policy pack's mandatory rule refuses it, and nothing reaches the cluster."""
+    and the policy pack's mandatory rule fails the preview, naming the rule and the Service."""
     inference = {
         **STACK_CONFIG["inference"],
         "service": {"loadBalancerSourceRanges": ["0.0.0.0/0"], "internal": False},
@@ -94,7 +94,7 @@ def test_the_policy_pack_refuses_a_non_compliant_stack_in_the_real_preview(
     result = project.preview("prod")
     assert not result["ok"]
     assert "prod-load-balancer-restricted" in result["error"], result["error"][-3000:]
-    assert "mandatory" in result["error"]
+    assert "[mandatory]" in result["error"] and "inference-deepseek-service" in result["error"]
 
 
 def test_every_planned_object_exists_in_the_cluster(

@@ -311,7 +311,9 @@ class ClusterAutoscalerConfig(ConfigSection):
     # How long after a scale-up before scale-down is considered again (GPU nodes take minutes to become useful).
     scale_down_delay_after_add: str = "10m"
     # A node below this fraction of requested CPU/memory/GPU is a scale-down candidate.
-    scale_down_utilization_threshold: Annotated[float, Field(gt=0, le=1)] = 0.5
+    # strict=False: `pulumi config set --path ... 0.6` stores a fraction as the string "0.6" (only whole numbers and
+    # booleans become typed values); it is read as the number it is.
+    scale_down_utilization_threshold: Annotated[float, Field(gt=0, le=1, strict=False)] = 0.5
     # How long to wait for a node before giving up on a node group; this is how fast spot falls back to on demand.
     max_node_provision_time: str = "10m"
 

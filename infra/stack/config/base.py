@@ -16,4 +16,4 @@ class ConfigSection(BaseModel):
 
 
 # An IAM role or user ARN (any partition); `kind` says which.
-IAM_ARN = re.compile(r"^arn:aws[a-z-]*:iam::[0-9]{12}:(?P<kind>role|user)/[\w+=,.@/-]+$")
+IAM_ARN = re.compile(r"^arn:aws[a-z-]*:iam::[0-9]{12}:(?P<kind>role|user)/[\w+=,.@/-]+\Z")  # \Z: no trailing newline

@@ -3,6 +3,7 @@ that fails before its first token, or after its stream has started; a stream's f
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncGenerator
 
@@ -66,3 +67,22 @@ def test_a_stream_starts_with_its_preamble_then_the_first_token() -> None:
         return await sent_bodies(response)
 
     assert run(scenario()) == ["role\n\ndata: 1\n\n", framing.SSE_DONE]
+
+
+def test_a_stream_that_fails_after_its_headers_but_before_a_token_still_opens_with_its_preamble(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(framing, "FIRST_EVENT_WAIT_S", 0.01)  # the headers go out before the failure comes
+
+    async def late_failure() -> AsyncGenerator[str, None]:
+        await asyncio.sleep(0.1)
+        raise GenerationError("the engine process exited")
+        yield ""  # a generator  # pragma: no cover
+
+    async def scenario() -> list[str]:
+        response = await framing.event_stream(late_failure(), a_request(), preamble="role\n\n")
+        assert isinstance(response, EventStreamResponse)
+        return await sent_bodies(response)
+
+    (body,) = run(scenario())
+    assert body.startswith("role\n\ndata: {") and body.endswith(framing.SSE_DONE)

@@ -130,9 +130,7 @@ def serve(loop: RecordingLoop, pipes: tuple[int, int, int, int], feed: Callable[
         reader = BlockingReader(outbox_read)
         with contextlib.suppress(EOFError):
             while True:
-                message = reader.recv()
-                assert isinstance(message, Step | FailedRequests), message
-                received.append(message)
+                received.append(reader.recv())
 
     threads = [threading.Thread(target=engine), threading.Thread(target=collect)]
     for thread in threads:
@@ -146,6 +144,8 @@ def serve(loop: RecordingLoop, pipes: tuple[int, int, int, int], feed: Callable[
         assert not thread.is_alive(), "the serving loop did not stop when its inbox closed"
     assert len(ended) == 1
     assert isinstance(ended[0], EOFError)
+    unexpected = [message for message in received if not isinstance(message, Step | FailedRequests)]
+    assert not unexpected, f"the serving loop sent {unexpected}"
     return received
 
 

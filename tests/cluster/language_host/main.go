@@ -38,7 +38,8 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 )
 
-// Version is stamped at build time (tests/cluster/build.py) with a hash of this directory's sources.
+// Version is stamped at build time (tests/cluster/build.py) with the SDK version this host is built on; a hash of
+// this directory's sources names the directory the build goes to.
 var Version = "dev"
 
 // The runner script is installed next to this binary.

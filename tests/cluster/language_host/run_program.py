@@ -17,6 +17,7 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import grpc
 import pulumi
 import pulumi.runtime
 from pulumi.runtime.settings import reset_options
@@ -60,8 +61,13 @@ def main() -> int:
     except pulumi.RunError as error:
         pulumi.log.error(str(error))
         return EXIT_AFTER_LOGGED_ERROR
+    except grpc.RpcError as error:
+        if error.code() == grpc.StatusCode.UNAVAILABLE:
+            return 0  # the engine has shut down (it stopped the run, e.g. a resource failed): nothing to add
+        pulumi.log.error(f"RPC error: {error.details()}")
+        return EXIT_AFTER_LOGGED_ERROR
     except Exception:  # anything else is a bug in the program: show where
-        pulumi.log.error("Program failed with an unhandled exception:\n" + traceback.format_exc())
+        print("Program failed with an unhandled exception:\n" + traceback.format_exc(), file=sys.stderr)
         return 1
     finally:
         for task in asyncio.all_tasks(loop):

@@ -191,3 +191,15 @@ def test_quantities_scale_with_their_suffix_kept() -> None:
         "3Gi",
         "12",
     ]
+
+
+def test_a_fraction_set_with_pulumi_config_path_is_read_as_a_number(load_config: Any) -> None:
+    """`pulumi config set --path clusterAutoscaler.scaleDownUtilizationThreshold 0.6` stores the string "0.6"."""
+    autoscaler = section("dev", "clusterAutoscaler") | {"scaleDownUtilizationThreshold": "0.6"}
+    config = load_config("dev", {"clusterAutoscaler": autoscaler})
+    assert config.cluster_autoscaler.scale_down_utilization_threshold == 0.6
+
+
+def test_an_arn_with_a_trailing_newline_is_refused(load_config: Any) -> None:
+    cluster = section("dev", "cluster") | {"viewers": ["arn:aws:iam::123456789012:role/ci-preview\n"]}
+    assert "is not an IAM role or user ARN" in refused(load_config, {"cluster": cluster})
