@@ -32,8 +32,9 @@ class Progress(NamedTuple):
 
 
 class Ready(NamedTuple):
+    """The model is loaded and warmed up; `description` names it for the log."""
+
     description: str
-    context_length: int
 
 
 class Failed(NamedTuple):

@@ -66,7 +66,7 @@ def run_worker(inbox: Connection, outbox: Connection, spec: WorkerSpec) -> None:
             send(Failed(f"the model could not be loaded: {type(error).__name__}: {error}"))
             return
         gc.freeze()  # the model and libraries live as long as the process: keep the collector from walking them
-        send(Ready(weights.description, weights.context_length))
+        send(Ready(weights.description))
         _serve(loop, BlockingReader(inbox.fileno()), send)
     except (EOFError, BrokenPipeError, OSError):
         return  # the API process closed the pipes (shutdown) or is gone: nothing left to serve
