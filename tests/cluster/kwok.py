@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -166,5 +167,26 @@ def prepare_like_an_existing_cluster(cluster: Cluster, nodes: list[dict[str, Any
     Operator's CRDs and the monitoring namespace."""
     cluster.apply(nodes)
     cluster.apply(monitoring_crds())
-    cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    _wait_until_established(cluster)
     cluster.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "monitoring"}}])
+
+
+def _wait_until_established(cluster: Cluster, seconds: float = 60) -> None:
+    """Every CRD Established. Polled: `kubectl wait` fails outright ("status.conditions accessor error") on a CRD
+    the apiserver has not given any condition yet, which a loaded machine shows right after the apply."""
+    deadline = time.monotonic() + seconds
+    while True:
+        crds = cluster.get("crd")["items"]
+        pending = [
+            crd["metadata"]["name"]
+            for crd in crds
+            if not any(
+                c.get("type") == "Established" and c.get("status") == "True"
+                for c in (crd.get("status") or {}).get("conditions") or []
+            )
+        ]
+        if crds and not pending:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"CRDs not Established after {seconds:.0f} s: {pending}")
+        time.sleep(0.2)
