@@ -14,14 +14,18 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from app import metrics, settings
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "infra"))  # the stack program's root: its package `stack` imports from there
+
+from stack.config import reference  # noqa: E402
+
+from app import metrics, settings  # noqa: E402
 
 # page -> generated part -> what renders it
 PAGES: dict[str, dict[str, Callable[[], str]]] = {
     "docs/server/configuration.md": {"server-settings": settings.describe},
     "docs/server/metrics.md": {"metrics": metrics.describe},
+    "docs/deploy/configuration.md": {"stack-config": reference.describe},
 }
 
 

@@ -39,9 +39,9 @@ Cidr = Annotated[IPv4Network, Field(strict=False)]
 class ZoneConfig(ConfigSection):
     """One availability zone: a public subnet (load balancers, NAT) and a private subnet (nodes)."""
 
-    name: str
-    public_subnet_cidr: Cidr
-    private_subnet_cidr: Cidr
+    name: str = Field(description="The zone's name, e.g. `us-west-2a` (a zone of `aws:region`).")
+    public_subnet_cidr: Cidr = Field(description="The public subnet (load balancers, NAT gateways), inside `vpcCidr`.")
+    private_subnet_cidr: Cidr = Field(description="The private subnet (the nodes), inside `vpcCidr`.")
 
     @field_validator("name")
     @classmethod
@@ -52,11 +52,16 @@ class ZoneConfig(ConfigSection):
 
 
 class NetworkConfig(ConfigSection):
-    vpc_cidr: Cidr
-    # Listed in the stack file (no provider lookups while the program runs). EKS needs at least two.
-    zones: list[ZoneConfig]
-    # single: one NAT gateway for all zones (cheap; a zone outage cuts egress). perZone: one per zone (HA).
-    nat_gateways: Literal["single", "perZone"] = "single"
+    vpc_cidr: Cidr = Field(description="The VPC's IPv4 CIDR; every subnet lies inside it.")
+    # Listed in the stack file, not looked up: the program makes no provider calls while it runs.
+    zones: list[ZoneConfig] = Field(
+        description="The availability zones, at least 2 (EKS needs subnets in two); subnets may not overlap."
+    )
+    nat_gateways: Literal["single", "perZone"] = Field(
+        "single",
+        description="`single`: one NAT gateway for all zones (cheap; a zone outage cuts egress). `perZone`: one per "
+        "zone (survives a zone outage).",
+    )
 
     @field_validator("zones")
     @classmethod
@@ -92,27 +97,48 @@ class NetworkConfig(ConfigSection):
 
 
 class ClusterConfig(ConfigSection):
-    # Default: "<project>-<stack>". Fixed up front because subnet tags and autoscaler discovery need it.
-    name: str | None = None
-    # Kubernetes minor version of the control plane and the node groups; one the pinned cluster-autoscaler image
-    # supports. Nodes follow it: raising it upgrades the control plane, then every node group, in one `pulumi up`.
-    version: str = DEFAULT_KUBERNETES_VERSION
-    endpoint_private_access: bool = True
-    endpoint_public_access: bool = True
-    # Who may reach the public endpoint. Required when it is on: never leave it open to the world by accident.
-    public_access_cidrs: list[Cidr] = []
-    # IAM roles/users that get cluster-admin through an EKS access entry.
-    admins: list[str] = []
-    # IAM roles/users that get read-only access (AmazonEKSViewPolicy, whole cluster): e.g. the pull-request preview
-    # role, so `pulumi preview` can read the cluster's objects. Never the identity that runs `pulumi up`.
-    viewers: list[str] = []
-    # Give the identity that runs `pulumi up` cluster-admin (it must not also be listed in `admins`).
-    bootstrap_creator_admin: bool = True
-    # Control-plane logs beyond the always-on api, audit and authenticator.
-    extra_log_types: list[Literal["controllerManager", "scheduler"]] = []
-    log_retention_days: Literal[1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1827, 3653] = 30
-    # Managed add-on versions; an add-on not listed gets the EKS default for the cluster version.
-    addon_versions: dict[str, str] = {}
+    # Fixed up front, not left to the provider: subnet tags and the autoscaler's discovery need it.
+    name: str | None = Field(None, description="The EKS cluster's name. Unset: `<project>-<stack>`.")
+    version: str = Field(
+        DEFAULT_KUBERNETES_VERSION,
+        description="Kubernetes minor version of the control plane and the node groups: one the pinned "
+        "cluster-autoscaler images support. Nodes follow it: raising it upgrades the control plane, then every node "
+        "group, in one `pulumi up`. Past EKS standard support the program warns.",
+    )
+    endpoint_private_access: bool = Field(
+        True,
+        description="The API is reachable from inside the VPC (nodes join through it; false is refused while "
+        "`publicAccessCidrs` is restricted).",
+    )
+    endpoint_public_access: bool = Field(
+        True, description="The API is reachable from the internet, from `publicAccessCidrs` only."
+    )
+    public_access_cidrs: list[Cidr] = Field(
+        [],
+        description="CIDRs allowed to reach the public endpoint; required while it is on, so it is never open to "
+        "the world by accident.",
+    )
+    admins: list[str] = Field([], description="IAM role or user ARNs given cluster-admin through EKS access entries.")
+    viewers: list[str] = Field(
+        [],
+        description="IAM role or user ARNs given read-only access (`AmazonEKSViewPolicy`, whole cluster), e.g. the "
+        "pull-request preview role. Never the identity that runs `pulumi up`.",
+    )
+    bootstrap_creator_admin: bool = Field(
+        True,
+        description="Give the identity that runs `pulumi up` cluster-admin (it must not also be listed in `admins`).",
+    )
+    extra_log_types: list[Literal["controllerManager", "scheduler"]] = Field(
+        [], description="Control-plane logs beyond the always-on api, audit and authenticator."
+    )
+    log_retention_days: Literal[1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1827, 3653] = Field(
+        30, description="CloudWatch retention of the control-plane logs, in days."
+    )
+    addon_versions: dict[str, str] = Field(
+        {},
+        description="Pinned versions of managed add-ons (`vpc-cni`, `kube-proxy`, `coredns`, "
+        "`eks-pod-identity-agent`, `aws-ebs-csi-driver`); one not listed gets the EKS default for the cluster version.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -188,17 +214,27 @@ class ClusterConfig(ConfigSection):
 
 
 class NodePoolConfig(ConfigSection):
-    instance_types: list[str]
-    min_size: Annotated[int, Field(ge=0)]
-    max_size: Annotated[int, Field(ge=1)]
-    # Only the initial size: afterwards the cluster-autoscaler owns it. Default: minSize.
-    desired_size: Annotated[int, Field(ge=0)] | None = None
-    # Root volume (gp3, encrypted). GPU pools hold multi-GiB inference images and model caches.
-    disk_size_gib: Annotated[int, Field(ge=20, le=16384)] = 100
-    # gp3 throughput (MiB/s) and IOPS of the root volume. 125 and 3000 are gp3's free baseline; a GPU node's cold
-    # start writes the image and the model download at this rate, so GPU pools default higher (billed per MiB/s).
-    disk_throughput_mibps: Annotated[int, Field(ge=125, le=1000)] = 125
-    disk_iops: Annotated[int, Field(ge=3000, le=16000)] = 3000
+    instance_types: list[str] = Field(
+        description="EC2 instance types of the pool. GPU pools take NVIDIA x86_64 types of one shape (same vCPUs, "
+        "memory and GPUs) that hold the inference pod (`infra/stack/config/instance_types.py`)."
+    )
+    min_size: int = Field(ge=0, description="The autoscaler's lower bound.")
+    max_size: int = Field(ge=1, description="The autoscaler's upper bound (at least `minSize`).")
+    desired_size: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="The initial size only: afterwards the cluster-autoscaler owns it. Unset: `minSize`."
+    )
+    disk_size_gib: int = Field(100, ge=20, le=16384, description="The encrypted gp3 root volume, in GiB.")
+    # 125 and 3000 are gp3's free baseline; GPU pools default higher (billed per MiB/s above it).
+    disk_throughput_mibps: int = Field(
+        125,
+        ge=125,
+        le=1000,
+        description="gp3 throughput of the root volume in MiB/s: a GPU node's cold start writes the image and the "
+        "model at this rate.",
+    )
+    disk_iops: int = Field(
+        3000, ge=3000, le=16000, description="gp3 IOPS of the root volume: at least 4 × the throughput."
+    )
 
     @field_validator("instance_types")
     @classmethod
@@ -232,9 +268,21 @@ class NodePoolConfig(ConfigSection):
 
 
 class GpuNodePoolConfig(NodePoolConfig):
-    disk_size_gib: Annotated[int, Field(ge=100, le=16384)] = 200
+    disk_size_gib: int = Field(
+        200,
+        ge=100,
+        le=16384,
+        description="The encrypted gp3 root volume, in GiB: GPU nodes hold multi-GiB inference images and model "
+        "caches.",
+    )
     # 500 MiB/s writes a ~6 GB image plus a ~15 GB model in under a minute instead of ~3 (about USD 15 per node-month).
-    disk_throughput_mibps: Annotated[int, Field(ge=125, le=1000)] = 500
+    disk_throughput_mibps: int = Field(
+        500,
+        ge=125,
+        le=1000,
+        description="gp3 throughput of the root volume in MiB/s: a GPU node's cold start writes the image and the "
+        "model at this rate.",
+    )
 
     @field_validator("instance_types")
     @classmethod
@@ -286,13 +334,19 @@ class SpotGpuNodePoolConfig(GpuNodePoolConfig):
 
 
 class NodePoolsConfig(ConfigSection):
-    # General purpose, on demand, untainted: cluster add-ons, monitoring, the autoscaler.
-    system: NodePoolConfig = NodePoolConfig(instance_types=["m6i.large", "m7i.large"], min_size=2, max_size=4)
-    # GPU baseline, on demand. minSize 0 lets a dev stack idle without paying for a GPU.
-    gpu_on_demand: GpuNodePoolConfig = GpuNodePoolConfig(instance_types=["g6e.xlarge"], min_size=0, max_size=2)
-    # GPU burst capacity on spot, preferred by the autoscaler; falls back to gpuOnDemand when spot is short.
-    gpu_spot: SpotGpuNodePoolConfig = SpotGpuNodePoolConfig(
-        instance_types=["g6.2xlarge", "g5.2xlarge"], min_size=0, max_size=4
+    system: NodePoolConfig = Field(
+        NodePoolConfig(instance_types=["m6i.large", "m7i.large"], min_size=2, max_size=4),
+        description="General purpose, on demand, untainted: cluster add-ons, monitoring, the autoscaler.",
+    )
+    gpu_on_demand: GpuNodePoolConfig = Field(
+        GpuNodePoolConfig(instance_types=["g6e.xlarge"], min_size=0, max_size=2),
+        description="The GPU baseline, on demand (tainted for GPU pods). `minSize` 0 lets a dev stack idle without "
+        "paying for a GPU; prod needs at least 1.",
+    )
+    gpu_spot: SpotGpuNodePoolConfig = Field(
+        SpotGpuNodePoolConfig(instance_types=["g6.2xlarge", "g5.2xlarge"], min_size=0, max_size=4),
+        description="GPU burst capacity on spot, at least 2 instance types, preferred by the autoscaler; it falls "
+        "back to `gpuOnDemand` when spot is short.",
     )
 
 
@@ -305,17 +359,28 @@ def duration_seconds(value: str) -> int:
 
 
 class ClusterAutoscalerConfig(ConfigSection):
-    enabled: bool = True
-    # How long a node must be unneeded before it is removed.
-    scale_down_unneeded_time: str = "10m"
-    # How long after a scale-up before scale-down is considered again (GPU nodes take minutes to become useful).
-    scale_down_delay_after_add: str = "10m"
-    # A node below this fraction of requested CPU/memory/GPU is a scale-down candidate.
+    enabled: bool = Field(True, description="Deploy the cluster-autoscaler.")
+    scale_down_unneeded_time: str = Field(
+        "10m", description="How long a node must be unneeded before it is removed (`90s`, `10m`, `1h`)."
+    )
+    scale_down_delay_after_add: str = Field(
+        "10m",
+        description="No scale-down this long after a scale-up (GPU nodes take minutes to become useful).",
+    )
     # strict=False: `pulumi config set --path ... 0.6` stores a fraction as the string "0.6" (only whole numbers and
     # booleans become typed values); it is read as the number it is.
-    scale_down_utilization_threshold: Annotated[float, Field(gt=0, le=1, strict=False)] = 0.5
-    # How long to wait for a node before giving up on a node group; this is how fast spot falls back to on demand.
-    max_node_provision_time: str = "10m"
+    scale_down_utilization_threshold: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        strict=False,
+        description="A node below this fraction of requested CPU, memory and GPU is a scale-down candidate.",
+    )
+    max_node_provision_time: str = Field(
+        "10m",
+        description="How long to wait for a node before giving up on a node group: how fast spot falls back to on "
+        "demand (and part of the inference rollout's await budget).",
+    )
 
     @field_validator("scale_down_unneeded_time", "scale_down_delay_after_add", "max_node_provision_time")
     @classmethod
@@ -326,14 +391,16 @@ class ClusterAutoscalerConfig(ConfigSection):
 
 
 class ImageRegistryConfig(ConfigSection):
-    # ECR repository for the inference server image.
-    name: str = "deepseek-inference"
-    # The lifecycle policy expires older images beyond this many.
-    keep_images: Annotated[int, Field(ge=1, le=10000)] = 30
-    # KMS (AWS-managed key) or AES256 encryption at rest.
-    encryption: Literal["KMS", "AES256"] = "KMS"
-    # Let `pulumi destroy` delete the repository while it still holds images.
-    force_delete: bool = False
+    name: str = Field("deepseek-inference", description="The ECR repository of the inference server image.")
+    keep_images: int = Field(
+        30, ge=1, le=10000, description="The lifecycle policy keeps the newest this many images and expires the rest."
+    )
+    encryption: Literal["KMS", "AES256"] = Field(
+        "KMS", description="Encryption at rest: `KMS` (the AWS-managed key) or `AES256`."
+    )
+    force_delete: bool = Field(
+        False, description="Let `pulumi destroy` delete the repository while it still holds images."
+    )
 
     @field_validator("name")
     @classmethod

@@ -26,8 +26,8 @@ class GpuInstanceShape:
         return (self.vcpus, self.memory_gib, self.gpus)
 
 
-def _family(accelerator: str, sizes: dict[str, tuple[int, int, int]]) -> dict[str, GpuInstanceShape]:
-    return {size: GpuInstanceShape(cpu, memory, gpus, accelerator) for size, (cpu, memory, gpus) in sizes.items()}
+def _family(family: str, accelerator: str, sizes: dict[str, tuple[int, int, int]]) -> dict[str, GpuInstanceShape]:
+    return {f"{family}.{size}": GpuInstanceShape(*shape, accelerator) for size, shape in sizes.items()}
 
 
 # vCPUs, memory (GiB) and GPUs of the sizes shared by g5 and g6 (g6 halves nothing: the same host shapes).
@@ -41,41 +41,18 @@ _G5_G6_SIZES = {
     "24xlarge": (96, 384, 4),
     "48xlarge": (192, 768, 8),
 }
+# g4dn: the same shapes up to 16xlarge and 12xlarge, plus a metal size; g6e: the g5/g6 shapes with twice the memory.
+_G4DN_SIZES = {
+    **{size: _G5_G6_SIZES[size] for size in ("xlarge", "2xlarge", "4xlarge", "8xlarge", "16xlarge", "12xlarge")},
+    "metal": (96, 384, 8),
+}
+_G6E_SIZES = {size: (cpus, memory * 2, gpus) for size, (cpus, memory, gpus) in _G5_G6_SIZES.items()}
 
 GPU_INSTANCE_TYPES: dict[str, GpuInstanceShape] = {
-    **{
-        f"g4dn.{size}": shape
-        for size, shape in _family(
-            "nvidia-tesla-t4",
-            {
-                "xlarge": (4, 16, 1),
-                "2xlarge": (8, 32, 1),
-                "4xlarge": (16, 64, 1),
-                "8xlarge": (32, 128, 1),
-                "16xlarge": (64, 256, 1),
-                "12xlarge": (48, 192, 4),
-                "metal": (96, 384, 8),
-            },
-        ).items()
-    },
-    **{f"g5.{size}": shape for size, shape in _family("nvidia-a10g", _G5_G6_SIZES).items()},
-    **{f"g6.{size}": shape for size, shape in _family("nvidia-l4", _G5_G6_SIZES).items()},
-    **{
-        f"g6e.{size}": shape
-        for size, shape in _family(
-            "nvidia-l40s",
-            {
-                "xlarge": (4, 32, 1),
-                "2xlarge": (8, 64, 1),
-                "4xlarge": (16, 128, 1),
-                "8xlarge": (32, 256, 1),
-                "16xlarge": (64, 512, 1),
-                "12xlarge": (48, 384, 4),
-                "24xlarge": (96, 768, 4),
-                "48xlarge": (192, 1536, 8),
-            },
-        ).items()
-    },
+    **_family("g4dn", "nvidia-tesla-t4", _G4DN_SIZES),
+    **_family("g5", "nvidia-a10g", _G5_G6_SIZES),
+    **_family("g6", "nvidia-l4", _G5_G6_SIZES),
+    **_family("g6e", "nvidia-l40s", _G6E_SIZES),
     "gr6.4xlarge": GpuInstanceShape(16, 128, 1, "nvidia-l4"),
     "gr6.8xlarge": GpuInstanceShape(32, 256, 1, "nvidia-l4"),
     "p4d.24xlarge": GpuInstanceShape(96, 1152, 8, "nvidia-a100"),

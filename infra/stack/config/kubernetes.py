@@ -76,26 +76,41 @@ def _dns_label(value: str) -> str:
 
 
 class DevicePluginConfig(ConfigSection):
-    enabled: bool = True
-    # 1 = every pod gets whole GPUs. N > 1 = each GPU is advertised N times (CUDA time-slicing: no memory isolation).
-    time_slicing_replicas: Annotated[int, Field(ge=1, le=48)] = 1
+    enabled: bool = Field(
+        True, description="Install the NVIDIA device plugin (turn it off where the NVIDIA GPU Operator runs it)."
+    )
+    time_slicing_replicas: int = Field(
+        1,
+        ge=1,
+        le=48,
+        description="1: every pod gets whole GPUs. N > 1: each GPU is advertised N times (CUDA time-slicing: "
+        "no memory isolation between the pods that share it).",
+    )
 
 
 class DcgmExporterConfig(ConfigSection):
-    enabled: bool = True
+    enabled: bool = Field(
+        True, description="Install the DCGM exporter (GPU metrics; turn it off where the GPU Operator runs it)."
+    )
 
 
 class PrometheusConfig(ConfigSection):
-    retention: str = "15d"
-    # Prometheus deletes the oldest blocks past this size; keep it under the volume size.
-    retention_size: str = "45GB"
-    storage_size: str = "50Gi"
-    # None = the cluster's default StorageClass (on stacks this program creates: its encrypted gp3 class). Required
-    # with clusterSource existing: EKS 1.30+ marks no class default, and an unbound volume stalls the whole update.
-    storage_class_name: str | None = None
-    # Scrape kube-controller-manager, kube-scheduler, etcd and kube-proxy. Off: managed control planes (EKS, GKE,
-    # AKS) do not expose them, and their "Down" alerts would fire forever. Turn on for self-managed clusters.
-    scrape_control_plane: bool = False
+    retention: str = Field("15d", description="How long Prometheus keeps samples: a duration (`ms s m h d w y`).")
+    retention_size: str = Field(
+        "45GB", description="Prometheus deletes the oldest blocks past this size; keep it under `storageSize`."
+    )
+    storage_size: str = Field("50Gi", description="Size of Prometheus' volume (a Kubernetes quantity).")
+    storage_class_name: str | None = Field(
+        None,
+        description="StorageClass of that volume. Unset: the cluster's default (on stacks that create their "
+        "cluster: the encrypted gp3 class). Required with `clusterSource: existing`: EKS 1.30+ marks no class "
+        "default, and an unbound volume stalls the whole update.",
+    )
+    scrape_control_plane: bool = Field(
+        False,
+        description="Scrape kube-controller-manager, kube-scheduler, etcd and kube-proxy (and keep their alerts). "
+        "Off: managed control planes (EKS, GKE, AKS) do not expose them, and their Down alerts would fire forever.",
+    )
 
     @field_validator("retention")
     @classmethod
@@ -118,17 +133,20 @@ class PrometheusConfig(ConfigSection):
 
 
 class GrafanaConfig(ConfigSection):
-    enabled: bool = True
+    enabled: bool = Field(True, description="Install Grafana, with the server's dashboard.")
 
 
 class AlertmanagerConfig(ConfigSection):
-    enabled: bool = True
-    # Where alerts go. none: they show in Alertmanager's and Prometheus' UIs and are delivered nowhere. slack,
-    # pagerduty, webhook: the credential (Slack incoming-webhook URL, PagerDuty Events v2 routing key, webhook URL)
-    # is the `alertReceiverCredential` secret: `pulumi config set --secret alertReceiverCredential <value>`.
-    receiver: AlertReceiver = "none"
-    # The Slack channel (receiver slack only); None: the webhook's own channel.
-    slack_channel: str | None = None
+    enabled: bool = Field(True, description="Install Alertmanager.")
+    receiver: AlertReceiver = Field(
+        "none",
+        description="Where alerts go. `none`: they show in Alertmanager's and Prometheus' UIs and are delivered "
+        "nowhere. `slack`, `pagerduty`, `webhook`: the credential (Slack incoming-webhook URL, PagerDuty Events v2 "
+        "routing key, webhook URL) is the `alertReceiverCredential` secret.",
+    )
+    slack_channel: str | None = Field(
+        None, description="The Slack channel, with `receiver: slack` only. Unset: the webhook's own channel."
+    )
 
     @model_validator(mode="after")
     def _channel_for_slack(self) -> Self:
@@ -142,21 +160,31 @@ class AlertmanagerConfig(ConfigSection):
 class AddonsConfig(ConfigSection):
     """Cluster add-ons: GPU plumbing and the monitoring stack (the `addons` config object)."""
 
-    gpu_namespace: str = "nvidia"
-    monitoring_namespace: str = "monitoring"
-    # install: kube-prometheus-stack and prometheus-adapter from the pinned charts. existing: the cluster already
-    # runs the Prometheus Operator (its CRDs) and a prometheus-adapter in monitoringNamespace; the stack creates
-    # only its ServiceMonitor, PrometheusRule, dashboard ConfigMap and a ConfigMap of adapter rules to merge.
-    monitoring: Literal["install", "existing"] = "install"
-    # Labels put on the ServiceMonitor and PrometheusRule, for an existing Prometheus whose selectors ask for them
-    # (kube-prometheus-stack's default: `release: <its release name>`).
-    monitor_labels: dict[str, str] = {}
-    # Turn these off on clusters where the NVIDIA GPU Operator already runs them.
-    device_plugin: DevicePluginConfig = DevicePluginConfig()
-    dcgm_exporter: DcgmExporterConfig = DcgmExporterConfig()
-    prometheus: PrometheusConfig = PrometheusConfig()
-    grafana: GrafanaConfig = GrafanaConfig()
-    alertmanager: AlertmanagerConfig = AlertmanagerConfig()
+    gpu_namespace: str = Field(
+        "nvidia",
+        description="Namespace of the device plugin and the DCGM exporter (Pod Security `privileged`: they read "
+        "host devices).",
+    )
+    monitoring_namespace: str = Field(
+        "monitoring", description="Namespace of the monitoring stack (Pod Security `privileged`: node-exporter)."
+    )
+    monitoring: Literal["install", "existing"] = Field(
+        "install",
+        description="`install`: kube-prometheus-stack and prometheus-adapter from the pinned charts. `existing`: "
+        "the cluster already runs the Prometheus Operator (its CRDs) and a prometheus-adapter in "
+        "`monitoringNamespace`; the stack creates only its ServiceMonitor, PrometheusRule, dashboard ConfigMap and a "
+        "ConfigMap of adapter rules to merge.",
+    )
+    monitor_labels: dict[str, str] = Field(
+        {},
+        description="Labels put on the ServiceMonitor and PrometheusRule, for an existing Prometheus whose "
+        "selectors ask for them (kube-prometheus-stack's default: `release: <its release name>`).",
+    )
+    device_plugin: DevicePluginConfig = Field(DevicePluginConfig(), description="The NVIDIA device plugin.")
+    dcgm_exporter: DcgmExporterConfig = Field(DcgmExporterConfig(), description="The DCGM exporter.")
+    prometheus: PrometheusConfig = Field(PrometheusConfig(), description="Prometheus' retention and volume.")
+    grafana: GrafanaConfig = Field(GrafanaConfig(), description="Grafana.")
+    alertmanager: AlertmanagerConfig = Field(AlertmanagerConfig(), description="Alertmanager and where it sends.")
 
     @field_validator("gpu_namespace", "monitoring_namespace")
     @classmethod
@@ -185,17 +213,37 @@ class AddonsConfig(ConfigSection):
 
 
 class ModelConfig(ConfigSection):
-    # Where the weights come from: a Hugging Face id downloaded by the server, or an S3 prefix copied by an
-    # init container into the model cache (the pod's ServiceAccount then needs read access: see serviceAccountRoleArn).
-    source: Literal["huggingface", "s3"] = "huggingface"
-    # DeepSeek-R1's 7B distillation (Qwen2 architecture), published as safetensors: the format the server loads.
-    id: str = DEFAULT_MODEL_ID
-    s3_uri: str | None = None
-    served_model_name: str | None = None
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
-    max_model_len: Annotated[int, Field(ge=1)] | None = None
-    max_batch_size: Annotated[int, Field(ge=1)] | None = None
-    max_queue: Annotated[int, Field(ge=1)] | None = None
+    source: Literal["huggingface", "s3"] = Field(
+        "huggingface",
+        description="Where the weights come from: `huggingface` (the server downloads `id`) or `s3` (an init "
+        "container copies `s3Uri` into the model cache; the pods need read access to it).",
+    )
+    # The default: DeepSeek-R1's 7B distillation (Qwen2 architecture), published as safetensors.
+    id: str = Field(
+        DEFAULT_MODEL_ID,
+        description="Hugging Face model id. The server loads `*.safetensors` weights only and refuses a "
+        "repository without them in one line.",
+    )
+    s3_uri: str | None = Field(None, description="`s3://bucket/prefix` of the weights, with `source: s3`.")
+    served_model_name: str | None = Field(
+        None,
+        description="The model name clients put in requests (`SERVED_MODEL_NAME`). Unset: the model id, or the "
+        "last part of the S3 path.",
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="Weight and compute dtype (`DTYPE`)."
+    )
+    max_model_len: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Longest prompt plus completion in tokens (`MAX_MODEL_LEN`). Unset: the server's default."
+    )
+    max_batch_size: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Most sequences decoded together (`MAX_BATCH_SIZE`). Unset: the server's default (32)."
+    )
+    max_queue: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description="Most requests waiting for a batch slot; past it requests get 429 (`MAX_QUEUE`). Unset: the "
+        "server's default (256).",
+    )
 
     @model_validator(mode="after")
     def _source_matches(self) -> Self:
@@ -207,13 +255,16 @@ class ModelConfig(ConfigSection):
 
 
 class ResourcesConfig(ConfigSection):
-    # The seed's sizing for a 7B model in bfloat16: 2-4 CPU, 16-32 Gi of host memory (weights are staged in RAM).
-    cpu_request: str = "2"
-    cpu_limit: str = "4"
-    memory_request: str = "16Gi"
-    memory_limit: str = "32Gi"
-    # /dev/shm (a memory-backed emptyDir): PyTorch and NCCL use it; it counts against memoryLimit.
-    shm_size: str = "2Gi"
+    # The defaults size a 7B model in bfloat16: 2-4 CPU, 16-32 Gi of host memory (weights are staged in RAM).
+    cpu_request: str = Field("2", description='CPU request per pod (a quantity string: `"2"`, `"500m"`).')
+    cpu_limit: str = Field("4", description="CPU limit per pod.")
+    memory_request: str = Field("16Gi", description="Host memory request per pod (weights are staged in RAM).")
+    memory_limit: str = Field("32Gi", description="Host memory limit per pod.")
+    shm_size: str = Field(
+        "2Gi",
+        description="Size of `/dev/shm` (a memory-backed emptyDir that PyTorch and NCCL use); it counts against "
+        "`memoryLimit`.",
+    )
 
     @field_validator("cpu_request", "cpu_limit", "memory_request", "memory_limit", "shm_size")
     @classmethod
@@ -234,13 +285,19 @@ class ResourcesConfig(ConfigSection):
 
 
 class ModelCacheConfig(ConfigSection):
-    # emptyDir: node-local scratch, re-downloaded on every new pod. ephemeral: a fresh PVC per pod from
-    # storageClassName (survives container restarts, not rescheduling). existingClaim: a shared claim (ReadWriteMany,
-    # e.g. EFS) that every replica mounts: weights are downloaded once.
-    type: Literal["emptyDir", "ephemeral", "existingClaim"] = "emptyDir"
-    size: str = "60Gi"
-    storage_class_name: str | None = None
-    claim_name: str | None = None
+    type: Literal["emptyDir", "ephemeral", "existingClaim"] = Field(
+        "emptyDir",
+        description="`emptyDir`: node-local scratch, downloaded again by every new pod. `ephemeral`: a fresh PVC "
+        "per pod from `storageClassName` (survives container restarts, not rescheduling). `existingClaim`: a shared "
+        "ReadWriteMany claim (e.g. EFS) that every replica mounts: the weights are downloaded once.",
+    )
+    size: str = Field("60Gi", description="Size limit of the emptyDir, or size of the ephemeral PVC.")
+    storage_class_name: str | None = Field(
+        None,
+        description="StorageClass of `ephemeral` PVCs. Unset: the cluster's default (required with "
+        "`clusterSource: existing`).",
+    )
+    claim_name: str | None = Field(None, description="The claim, with `type: existingClaim` and only then.")
 
     @field_validator("size")
     @classmethod
@@ -255,13 +312,23 @@ class ModelCacheConfig(ConfigSection):
 
 
 class AutoscalingConfig(ConfigSection):
-    min_replicas: Annotated[int, Field(ge=1)] = 1
-    max_replicas: Annotated[int, Field(ge=1)] = 2
-    # HPA target: average of (waiting + running) requests per pod. Under the server's batch size (MAX_BATCH_SIZE,
-    # default 32) keeps per-token latency low; nearer it packs the GPUs fuller.
-    target_requests_per_pod: Annotated[int, Field(ge=1)] = 8
-    # Scale up at once; scale down only after this long below target (model loading is minutes, so flapping is dear).
-    scale_down_stabilization_seconds: Annotated[int, Field(ge=0, le=3600)] = 600
+    min_replicas: int = Field(1, ge=1, description="Fewest pods the HPA keeps.")
+    max_replicas: int = Field(
+        2, ge=1, description="Most pods the HPA makes (the ResourceQuota allows one more, for a rollout's surge)."
+    )
+    target_requests_per_pod: int = Field(
+        8,
+        ge=1,
+        description="The HPA's target: average waiting + running requests per pod. Well under the server's batch "
+        "size keeps per-token latency low; nearer it packs the GPUs fuller.",
+    )
+    scale_down_stabilization_seconds: int = Field(
+        600,
+        ge=0,
+        le=3600,
+        description="Pods are added at once but removed only after load stayed below target this long (loading "
+        "a model takes minutes, so flapping is dear).",
+    )
 
     @model_validator(mode="after")
     def _min_le_max(self) -> Self:
@@ -271,20 +338,38 @@ class AutoscalingConfig(ConfigSection):
 
 
 class SchedulingConfig(ConfigSection):
-    # Preferred (not required) node capacity type: EKS labels managed nodes eks.amazonaws.com/capacityType.
-    capacity_type: Literal["on-demand", "spot", "any"] = "on-demand"
-    # required: never two pods in one zone while another zone has fewer (pods stay Pending if a zone has no GPUs).
-    zone_spread: Literal["required", "preferred"] = "preferred"
-    priority: Annotated[int, Field(ge=0, le=1_000_000_000)] = 100_000
+    capacity_type: Literal["on-demand", "spot", "any"] = Field(
+        "on-demand",
+        description="Preferred (not required) node capacity, from the `eks.amazonaws.com/capacityType` label EKS "
+        "puts on managed nodes.",
+    )
+    zone_spread: Literal["required", "preferred"] = Field(
+        "preferred",
+        description="`required`: never two pods in one zone while another zone has fewer (pods stay Pending when "
+        "a zone has no GPU node). `preferred`: spread when the scheduler can.",
+    )
+    priority: int = Field(100_000, ge=0, le=1_000_000_000, description="The pods' PriorityClass value.")
 
 
 class LifecycleConfig(ConfigSection):
-    # Model download + load may take many minutes: the startup probe allows this long before restarting the pod.
-    startup_timeout_seconds: Annotated[int, Field(ge=60, le=7200)] = 1200
-    # Passed to the server as DRAIN_TIMEOUT: how long in-flight requests may run after SIGTERM.
-    drain_timeout_seconds: Annotated[int, Field(ge=1, le=600)] = 25
-    # preStop pause before SIGTERM, so endpoints and the load balancer stop sending new requests first.
-    pre_stop_sleep_seconds: Annotated[int, Field(ge=0, le=120)] = 15
+    startup_timeout_seconds: int = Field(
+        1200,
+        ge=60,
+        le=7200,
+        description="Time the startup probe allows for the model's download and load before the pod is restarted.",
+    )
+    drain_timeout_seconds: int = Field(
+        25,
+        ge=1,
+        le=600,
+        description="How long in-flight requests may run after SIGTERM (the server's `DRAIN_TIMEOUT`).",
+    )
+    pre_stop_sleep_seconds: int = Field(
+        15,
+        ge=0,
+        le=120,
+        description="Pause before SIGTERM, while the endpoints and the load balancer stop sending new requests.",
+    )
 
     @property
     def termination_grace_period_seconds(self) -> int:
@@ -297,14 +382,22 @@ _Cidrs = Annotated[tuple[str, ...], Field(strict=False)]
 
 
 class ServiceConfig(ConfigSection):
-    # Client CIDRs allowed through the load balancer (and by the NetworkPolicy).
-    load_balancer_source_ranges: _Cidrs = ("0.0.0.0/0",)
-    # internal: an NLB reachable only inside the VPC.
-    internal: bool = False
-    # An ACM certificate ARN: the NLB terminates TLS on 443. Without it the Service listens on plain port 80.
-    tls_certificate_arn: str | None = None
-    # More client CIDRs the NetworkPolicy admits without going through the load balancer (e.g. the VPC).
-    extra_client_cidrs: _Cidrs = ()
+    load_balancer_source_ranges: _Cidrs = Field(
+        ("0.0.0.0/0",),
+        description="Client CIDRs allowed through the load balancer and by the NetworkPolicy. A prod stack must "
+        "restrict them (policy `prod-load-balancer-restricted`).",
+    )
+    internal: bool = Field(False, description="An NLB reachable only inside the VPC.")
+    tls_certificate_arn: str | None = Field(
+        None,
+        description="An ACM certificate ARN: the NLB terminates TLS on 443. Unset: the Service listens on plain "
+        "port 80.",
+    )
+    extra_client_cidrs: _Cidrs = Field(
+        (),
+        description="More client CIDRs the NetworkPolicy admits without going through the load balancer (clients "
+        "inside the cluster or the VPC).",
+    )
 
     @field_validator("load_balancer_source_ranges", "extra_client_cidrs")
     @classmethod
@@ -327,23 +420,30 @@ class ServiceConfig(ConfigSection):
 class InferenceConfig(ConfigSection):
     """One model deployment: the `inference` config object."""
 
-    name: str = "deepseek"
-    namespace: str = "deepseek-inference"
-    # The server image: a fixed tag or a digest, never 'latest'. None (the default): `pulumi up` builds
-    # docker/Dockerfile.cuda, pushes it to the stack's ECR repository and deploys it by digest (clusterSource eks).
-    image: str | None = None
-    gpu_count: Annotated[int, Field(ge=1, le=8)] = 1
-    # The stack must never serve without API keys (the `apiKeys` secret): set true for production stacks.
-    require_api_keys: bool = False
-    # IAM role for the pods' ServiceAccount (IRSA), e.g. read access to the S3 model prefix.
-    service_account_role_arn: str | None = None
-    model: ModelConfig = ModelConfig()
-    resources: ResourcesConfig = ResourcesConfig()
-    model_cache: ModelCacheConfig = ModelCacheConfig()
-    autoscaling: AutoscalingConfig = AutoscalingConfig()
-    scheduling: SchedulingConfig = SchedulingConfig()
-    lifecycle: LifecycleConfig = LifecycleConfig()
-    service: ServiceConfig = ServiceConfig()
+    name: str = Field("deepseek", description="Name of the Deployment, Service, HPA and the rest (a DNS label).")
+    namespace: str = Field("deepseek-inference", description="Namespace of the model deployment.")
+    image: str | None = Field(
+        None,
+        description="A prebuilt server image (`docker/Dockerfile.cuda`): a fixed tag or an `@sha256:` digest, never "
+        "`latest`. Unset: `pulumi up` builds the image, pushes it to the stack's ECR repository and deploys it by "
+        "digest. Required with `clusterSource: existing`.",
+    )
+    gpu_count: int = Field(1, ge=1, le=8, description="GPUs per pod; every GPU pool's instance type must have as many.")
+    require_api_keys: bool = Field(
+        False, description="Refuse to deploy without the `apiKeys` secret (set it true for production stacks)."
+    )
+    service_account_role_arn: str | None = Field(
+        None,
+        description="Existing clusters only: an IAM role for the pods' ServiceAccount (IRSA annotation), e.g. read "
+        "access to the S3 model prefix. Stacks that create their cluster grant that through EKS Pod Identity.",
+    )
+    model: ModelConfig = Field(ModelConfig(), description="The model and the server's batch limits.")
+    resources: ResourcesConfig = Field(ResourcesConfig(), description="CPU and host memory per pod.")
+    model_cache: ModelCacheConfig = Field(ModelCacheConfig(), description="Where the weights are kept on the node.")
+    autoscaling: AutoscalingConfig = Field(AutoscalingConfig(), description="The HorizontalPodAutoscaler.")
+    scheduling: SchedulingConfig = Field(SchedulingConfig(), description="Where the pods land.")
+    lifecycle: LifecycleConfig = Field(LifecycleConfig(), description="Startup and shutdown timing.")
+    service: ServiceConfig = Field(ServiceConfig(), description="The LoadBalancer Service and who may call it.")
 
     @field_validator("name", "namespace")
     @classmethod

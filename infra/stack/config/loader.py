@@ -40,26 +40,55 @@ class StackConfig(ConfigSection):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
+    # The Pulumi project and stack names (not stack-file keys).
     project: str
     stack: str
-    # Tagged on every AWS resource; the policy pack holds `prod` to the strictest rules. Default: the stack name.
-    environment: str
-    # eks: this program creates the VPC, the EKS cluster and its node pools. existing: deploy the Kubernetes layer
-    # into the cluster named by the `kubeconfig` secret, and create no AWS resource.
-    cluster_source: Literal["eks", "existing"] = "eks"
-    # `aws:region`; required with clusterSource eks.
-    region: str | None = None
-    network: NetworkConfig | None = None
-    cluster: ClusterConfig | None = None
-    node_pools: NodePoolsConfig = NodePoolsConfig()
-    cluster_autoscaler: ClusterAutoscalerConfig = ClusterAutoscalerConfig()
-    image_registry: ImageRegistryConfig = ImageRegistryConfig()
-    addons: AddonsConfig = AddonsConfig()
-    inference: InferenceConfig = InferenceConfig()
+    environment: str = Field(
+        description="Tagged on every AWS resource; `prod` holds the stack to the policy pack's strictest rules. "
+        "Unset: the stack's name."
+    )
+    cluster_source: Literal["eks", "existing"] = Field(
+        "eks",
+        description="`eks`: this program creates the VPC, the EKS cluster and its node pools. `existing`: deploy "
+        "the Kubernetes layer into the cluster of the `kubeconfig` secret, and create no AWS resource.",
+    )
+    region: str | None = Field(
+        None, description="The AWS region every zone lies in; required with `clusterSource: eks`."
+    )
+    network: NetworkConfig | None = Field(
+        None, description="The VPC and its zones; required with `clusterSource: eks`."
+    )
+    cluster: ClusterConfig | None = Field(
+        None, description="The EKS control plane and who may reach it; required with `clusterSource: eks`."
+    )
+    node_pools: NodePoolsConfig = Field(NodePoolsConfig(), description="The three managed node groups.")
+    cluster_autoscaler: ClusterAutoscalerConfig = Field(
+        ClusterAutoscalerConfig(), description="The cluster-autoscaler (stacks that create their cluster)."
+    )
+    image_registry: ImageRegistryConfig = Field(
+        ImageRegistryConfig(), description="The ECR repository `pulumi up` builds the server image into."
+    )
+    addons: AddonsConfig = Field(AddonsConfig(), description="GPU plumbing and the monitoring stack.")
+    inference: InferenceConfig = Field(InferenceConfig(), description="The model deployment.")
     # Secrets, as secret Outputs (never printed, encrypted in state).
-    kubeconfig: pulumi.Output[str] | None = Field(default=None, exclude=True)
-    api_keys: pulumi.Output[str] | None = Field(default=None, exclude=True)
-    alert_receiver_credential: pulumi.Output[str] | None = Field(default=None, exclude=True)
+    kubeconfig: pulumi.Output[str] | None = Field(
+        default=None,
+        exclude=True,
+        description="The kubeconfig of an existing cluster (`clusterSource: existing`): "
+        "`pulumi config set --secret kubeconfig < file`.",
+    )
+    api_keys: pulumi.Output[str] | None = Field(
+        default=None,
+        exclude=True,
+        description="Comma-separated API keys the server accepts (`pulumi config set --secret apiKeys k1,k2`); "
+        "required when `inference.requireApiKeys`. Unset: an open endpoint.",
+    )
+    alert_receiver_credential: pulumi.Output[str] | None = Field(
+        default=None,
+        exclude=True,
+        description="The Slack incoming-webhook URL, PagerDuty Events v2 routing key or webhook URL of "
+        "`addons.alertmanager.receiver`.",
+    )
 
     @model_validator(mode="after")
     def _source_needs(self) -> Self:
