@@ -16,7 +16,8 @@ from stack.kubernetes import metrics as stack_metrics
 from stack.kubernetes.inference_alerts import alert_rules
 from stack.kubernetes.monitoring import load_dashboard
 
-from app.metrics import METRICS, Metrics
+from app.metrics import METRICS
+from tests.server_metrics import touched_exposition
 
 SERIES = re.compile(r"\bdeepseek_[a-z_]+\b")
 # Made by prometheus-adapter from two of the server's gauges (its rule's `as`), not by the server.
@@ -25,15 +26,8 @@ ADAPTER_MADE = {stack_metrics.IN_FLIGHT}
 
 def exposed() -> set[str]:
     """Every series name the server's registry renders once each metric has been touched."""
-    server = Metrics("m")
-    server.on_queue(waiting=1, running=1)
-    server.on_step(rows=1)
-    server.on_first_token(0.05)
-    server.on_token_gap(0.01)
-    server.model_loaded()
-    server.request_finished("/v1/chat/completions", 200, 1.0, prompt_tokens=3, completion_tokens=4)
     names = set()
-    for line in server.render().decode().splitlines():
+    for line in touched_exposition("m").splitlines():
         if line and not line.startswith("#"):
             names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
     return names

@@ -21,36 +21,22 @@ class HelmChart:
 
 # --- Kubernetes layer: Helm charts ---------------------------------------------------------------------------------
 
+PROMETHEUS_COMMUNITY = "https://prometheus-community.github.io/helm-charts"
+
 # NVIDIA device plugin, official chart. 0.20.0 is the newest release (Aug 2026); it still ships the `config.map`
 # time-slicing settings and the `nodeSelector`/`affinity`/`tolerations` values we set to keep it on GPU nodes.
-NVIDIA_DEVICE_PLUGIN_CHART = HelmChart(
-    name="nvidia-device-plugin",
-    version="0.20.0",
-    repository="https://nvidia.github.io/k8s-device-plugin",
-)
+NVIDIA_DEVICE_PLUGIN_CHART = HelmChart("nvidia-device-plugin", "0.20.0", "https://nvidia.github.io/k8s-device-plugin")
 
 # DCGM exporter, official chart. 4.8.2 (DCGM 4.5.3) is the newest release; its ServiceMonitor has `honorLabels`,
 # which keeps the `pod`/`namespace` labels that name the workload using each GPU.
-DCGM_EXPORTER_CHART = HelmChart(
-    name="dcgm-exporter",
-    version="4.8.2",
-    repository="https://nvidia.github.io/dcgm-exporter/helm-charts",
-)
+DCGM_EXPORTER_CHART = HelmChart("dcgm-exporter", "4.8.2", "https://nvidia.github.io/dcgm-exporter/helm-charts")
 
 # kube-prometheus-stack (Prometheus Operator v0.93, Grafana, Alertmanager, node-exporter, kube-state-metrics).
 # 88.5.3 is the newest release; the `*SelectorNilUsesHelmValues` keys we rely on are unchanged in it.
-KUBE_PROMETHEUS_STACK_CHART = HelmChart(
-    name="kube-prometheus-stack",
-    version="88.5.3",
-    repository="https://prometheus-community.github.io/helm-charts",
-)
+KUBE_PROMETHEUS_STACK_CHART = HelmChart("kube-prometheus-stack", "88.5.3", PROMETHEUS_COMMUNITY)
 
 # prometheus-adapter 5.3.0 (adapter v0.12.0), the newest release: serves our gauges on custom.metrics.k8s.io.
-PROMETHEUS_ADAPTER_CHART = HelmChart(
-    name="prometheus-adapter",
-    version="5.3.0",
-    repository="https://prometheus-community.github.io/helm-charts",
-)
+PROMETHEUS_ADAPTER_CHART = HelmChart("prometheus-adapter", "5.3.0", PROMETHEUS_COMMUNITY)
 
 # --- Kubernetes layer: images --------------------------------------------------------------------------------------
 
@@ -69,11 +55,7 @@ DOCKER_BUILD_PROVIDER_VERSION = "0.0.22"
 
 # cluster-autoscaler, official chart (kubernetes/autoscaler). 9.52.1 (Oct 2025) has the `autoDiscovery.tags`,
 # `fullnameOverride` and `extraArgs` values we set, and runs the image below through `image.tag`.
-CLUSTER_AUTOSCALER_CHART = HelmChart(
-    name="cluster-autoscaler",
-    version="9.52.1",
-    repository="https://kubernetes.github.io/autoscaler",
-)
+CLUSTER_AUTOSCALER_CHART = HelmChart("cluster-autoscaler", "9.52.1", "https://kubernetes.github.io/autoscaler")
 
 # The autoscaler's minor version must match the control plane's (its scheduler simulation is compiled against
 # that Kubernetes release), so the image tag follows `cluster.version`. Each tag is a released patch of its minor,
@@ -120,6 +102,9 @@ TEST_CONTROLLER_GEN_VERSION = "v0.23.0"
 # The Prometheus Operator API module whose types become those CRDs: v0.95.2 is the newest served (the operator's
 # main module is not served here, so its prebuilt CRD files are out of reach; the types are the source anyway).
 TEST_PROMETHEUS_OPERATOR_API_VERSION = "v0.95.2"
+# promtool checks the PromQL of the alerts, the adapter rules and the dashboard with Prometheus' own parser. The
+# module's v0.316.0 is Prometheus 3.16, the newest served; the chart's Prometheus is of the same 3.x line.
+TEST_PROMTOOL_VERSION = "v0.316.0"
 # The Pulumi CLI for the real `pulumi up` on the test cluster. The proxy refuses pkg/v3 v3.270.0-v3.273.x, so not the
 # SDK's 3.272.0: v3.274.1 is the nearest served release (a newer CLI runs older SDKs).
 TEST_PULUMI_CLI_VERSION = "v3.274.1"

@@ -41,6 +41,8 @@ class Engine:
     # binary name -> main package (`./...`: a package the prepare step writes into the wrapper module)
     packages: dict[str, str]
     ldflags: str = "-s -w"
+    # Go build tags (`-tags`), e.g. to leave out parts of a binary the tests never run.
+    tags: str = ""
     # Extra go.mod lines (replaces), computed from the required module's own go.mod.
     replaces: Callable[[Engine, dict[str, str], Path], list[str]] | None = None
     # Writes files into the wrapper module before it is tidied and built.
@@ -198,7 +200,25 @@ def engines() -> list[Engine]:
             versions.TEST_CONTROLLER_GEN_VERSION,
             {"controller-gen": "sigs.k8s.io/controller-tools/cmd/controller-gen"},
         ),
+        # promtool parses and unit-tests the alert rules and checks the adapter's and the dashboard's PromQL.
+        # remove_all_sd leaves out the service-discovery plugins (cloud SDKs) that rule checks never use.
+        Engine(
+            "promtool",
+            versions.TEST_PROMTOOL_VERSION,
+            "github.com/prometheus/prometheus",
+            versions.TEST_PROMTOOL_VERSION,
+            {"promtool": "github.com/prometheus/prometheus/cmd/promtool"},
+            tags="remove_all_sd",
+        ),
     ]
+
+
+def engine_binary(name: str) -> Path:
+    """The path of a built engine binary; a clear error naming the fix when it has not been built."""
+    path = next(engine.binary(name) for engine in engines() if name in engine.packages)
+    if not path.exists():
+        raise RuntimeError(f"engine not built: {path}; run `scripts/engines` (scripts/test does)")
+    return path
 
 
 def go_environment() -> dict[str, str]:
@@ -249,7 +269,7 @@ def build(engine: Engine, env: dict[str, str]) -> float:
         engine.directory.mkdir(parents=True, exist_ok=True)
         for name, package in engine.packages.items():
             _go(
-                ["build", "-trimpath", "-ldflags", engine.ldflags, "-o", str(engine.binary(name)), package],
+                ["build", *_build_flags(engine), "-o", str(engine.binary(name)), package],
                 engine.source,
                 env,
             )
@@ -272,8 +292,12 @@ def build(engine: Engine, env: dict[str, str]) -> float:
     engine.directory.mkdir(parents=True, exist_ok=True)
     for name, package in engine.packages.items():
         # One package at a time, each to its own name; packages shared between them compile once (GOCACHE).
-        _go(["build", "-trimpath", "-ldflags", engine.ldflags, "-o", str(engine.binary(name)), package], work, env)
+        _go(["build", *_build_flags(engine), "-o", str(engine.binary(name)), package], work, env)
     return time.monotonic() - started
+
+
+def _build_flags(engine: Engine) -> list[str]:
+    return ["-trimpath", "-ldflags", engine.ldflags, *(["-tags", engine.tags] if engine.tags else [])]
 
 
 MONITORING_API = "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring"
@@ -336,7 +360,15 @@ def pulumi_distribution(built_engines: list[Engine] | None = None) -> Path:
 # build used 115% CPU alone), so a second build beside it fills the gaps. Longest first (cold minutes on the
 # project's 2-core machine) so the short ones fill in at the end.
 PARALLEL_BUILDS = int(os.environ.get("DEEPSEEK_ENGINE_BUILDS", "2"))
-LONGEST_FIRST = ("pulumi-resource-kubernetes", "kubernetes", "pulumi", "kwok", "pulumi-language-python", "etcd")
+LONGEST_FIRST = (
+    "pulumi-resource-kubernetes",
+    "kubernetes",
+    "pulumi",
+    "promtool",
+    "kwok",
+    "pulumi-language-python",
+    "etcd",
+)
 
 
 def _longest_first(engine: Engine) -> int:
