@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -58,6 +59,8 @@ def test_stack_outputs(run: ProgramRun) -> None:
         f"{NS}-{run.stack}",
     ]
     assert len(run.outputs["nodeGroupNames"]) == 3
+    # Stack outputs are camelCase, like the stack file's keys and the components' registered outputs.
+    assert [key for key in run.outputs if not re.fullmatch(r"[a-z][a-zA-Z0-9]*", key)] == []
 
 
 def test_subnets_in_every_listed_zone(run: ProgramRun) -> None:
