@@ -1,4 +1,4 @@
-"""The inference server's pod template (pure: config in, typed Kubernetes args out)."""
+"""The inference server's pod template (pure: typed settings in, typed Kubernetes args out)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from stack import versions
-from stack.config.kubernetes import S3_DOWNLOAD_REQUESTS, InferenceConfig
+from stack.config.kubernetes import (
+    S3_DOWNLOAD_REQUESTS,
+    LifecycleConfig,
+    ModelCacheConfig,
+    ModelConfig,
+    ResourcesConfig,
+    SchedulingConfig,
+)
 from stack.kubernetes.common import MODEL_CACHE_PATH, SERVER_PORT, SERVER_UID
 from stack.nodes import (
     CAPACITY_TYPE_LABEL,
@@ -27,6 +34,18 @@ _PROBE_PERIOD_SECONDS = 10
 
 
 @dataclass(frozen=True)
+class ServerPodArgs:
+    """What the pod template is made of: the validated sections of `inference` that shape one server pod."""
+
+    gpu_count: int
+    model: ModelConfig
+    resources: ResourcesConfig
+    model_cache: ModelCacheConfig
+    scheduling: SchedulingConfig
+    lifecycle: LifecycleConfig
+
+
+@dataclass(frozen=True)
 class PodNames:
     service_account: str
     priority_class: str
@@ -35,7 +54,7 @@ class PodNames:
 
 
 def pod_template(
-    config: InferenceConfig,
+    pod: ServerPodArgs,
     image: pulumi.Input[str],
     labels: dict[str, str],
     names: PodNames,
@@ -48,7 +67,7 @@ def pod_template(
             automount_service_account_token=False,
             enable_service_links=False,
             priority_class_name=names.priority_class,
-            termination_grace_period_seconds=config.lifecycle.termination_grace_period_seconds,
+            termination_grace_period_seconds=pod.lifecycle.termination_grace_period_seconds,
             security_context=k8s.core.v1.PodSecurityContextArgs(
                 run_as_non_root=True,
                 run_as_user=SERVER_UID,
@@ -60,19 +79,19 @@ def pod_template(
             tolerations=[
                 k8s.core.v1.TolerationArgs(key=GPU_TAINT.key, operator="Exists", effect=GPU_TAINT.kubernetes_effect)
             ],
-            affinity=_affinity(config),
-            topology_spread_constraints=_spread(config, labels),
-            init_containers=[_s3_download(config)] if config.model.source == "s3" else None,
-            containers=[_server(config, image, names)],
-            volumes=_volumes(config),
+            affinity=_affinity(pod.scheduling),
+            topology_spread_constraints=_spread(pod.scheduling, labels),
+            init_containers=[_s3_download(pod.model)] if pod.model.source == "s3" else None,
+            containers=[_server(pod, image, names)],
+            volumes=_volumes(pod.model_cache, pod.resources),
         ),
     )
 
 
-def _affinity(config: InferenceConfig) -> k8s.core.v1.AffinityArgs:
+def _affinity(scheduling: SchedulingConfig) -> k8s.core.v1.AffinityArgs:
     preferred = None
-    if config.scheduling.capacity_type != "any":
-        capacity = capacity_type(config.scheduling.capacity_type == "spot")
+    if scheduling.capacity_type != "any":
+        capacity = capacity_type(scheduling.capacity_type == "spot")
         preferred = [
             k8s.core.v1.PreferredSchedulingTermArgs(
                 weight=100,
@@ -103,9 +122,9 @@ def _affinity(config: InferenceConfig) -> k8s.core.v1.AffinityArgs:
     )
 
 
-def _spread(config: InferenceConfig, labels: dict[str, str]) -> list[k8s.core.v1.TopologySpreadConstraintArgs]:
+def _spread(scheduling: SchedulingConfig, labels: dict[str, str]) -> list[k8s.core.v1.TopologySpreadConstraintArgs]:
     selector = k8s.meta.v1.LabelSelectorArgs(match_labels=labels)
-    zone_rule = "DoNotSchedule" if config.scheduling.zone_spread == "required" else "ScheduleAnyway"
+    zone_rule = "DoNotSchedule" if scheduling.zone_spread == "required" else "ScheduleAnyway"
     return [
         k8s.core.v1.TopologySpreadConstraintArgs(
             max_skew=1, topology_key=ZONE_LABEL, when_unsatisfiable=zone_rule, label_selector=selector
@@ -130,8 +149,7 @@ def _security_context() -> k8s.core.v1.SecurityContextArgs:
     )
 
 
-def _environment(config: InferenceConfig, names: PodNames) -> list[k8s.core.v1.EnvVarArgs]:
-    model = config.model
+def _environment(model: ModelConfig, lifecycle: LifecycleConfig, names: PodNames) -> list[k8s.core.v1.EnvVarArgs]:
     if model.source == "s3":
         served_name = model.served_model_name or (model.s3_uri or "").rstrip("/").rsplit("/", 1)[-1]
         values: dict[str, str | int | None] = {"MODEL": S3_WEIGHTS_PATH, "SERVED_MODEL_NAME": served_name}
@@ -145,7 +163,7 @@ def _environment(config: InferenceConfig, names: PodNames) -> list[k8s.core.v1.E
         "MAX_BATCH_SIZE": model.max_batch_size,
         "MAX_QUEUE": model.max_queue,
         "MAX_MODEL_LEN": model.max_model_len,
-        "DRAIN_TIMEOUT": config.lifecycle.drain_timeout_seconds,
+        "DRAIN_TIMEOUT": lifecycle.drain_timeout_seconds,
         "HF_HOME": MODEL_CACHE_PATH,
         "HOME": "/tmp",
     }
@@ -162,9 +180,9 @@ def _environment(config: InferenceConfig, names: PodNames) -> list[k8s.core.v1.E
     return env
 
 
-def _server(config: InferenceConfig, image: pulumi.Input[str], names: PodNames) -> k8s.core.v1.ContainerArgs:
-    resources = config.resources
-    gpus = str(config.gpu_count)
+def _server(pod: ServerPodArgs, image: pulumi.Input[str], names: PodNames) -> k8s.core.v1.ContainerArgs:
+    resources = pod.resources
+    gpus = str(pod.gpu_count)
 
     def http_get(path: str) -> k8s.core.v1.HTTPGetActionArgs:
         return k8s.core.v1.HTTPGetActionArgs(path=path, port="http")
@@ -176,7 +194,7 @@ def _server(config: InferenceConfig, image: pulumi.Input[str], names: PodNames) 
         image_pull_policy="Always",
         command=["python", "-m", "app"],
         ports=[k8s.core.v1.ContainerPortArgs(name="http", container_port=SERVER_PORT, protocol="TCP")],
-        env=_environment(config, names),
+        env=_environment(pod.model, pod.lifecycle, names),
         resources=k8s.core.v1.ResourceRequirementsArgs(
             requests={"cpu": resources.cpu_request, "memory": resources.memory_request, GPU_RESOURCE: gpus},
             limits={"cpu": resources.cpu_limit, "memory": resources.memory_limit, GPU_RESOURCE: gpus},
@@ -186,7 +204,7 @@ def _server(config: InferenceConfig, image: pulumi.Input[str], names: PodNames) 
             http_get=http_get("/readyz"),
             period_seconds=_PROBE_PERIOD_SECONDS,
             timeout_seconds=5,
-            failure_threshold=math.ceil(config.lifecycle.startup_timeout_seconds / _PROBE_PERIOD_SECONDS),
+            failure_threshold=math.ceil(pod.lifecycle.startup_timeout_seconds / _PROBE_PERIOD_SECONDS),
         ),
         readiness_probe=k8s.core.v1.ProbeArgs(
             http_get=http_get("/readyz"), period_seconds=5, timeout_seconds=3, failure_threshold=2
@@ -198,7 +216,7 @@ def _server(config: InferenceConfig, image: pulumi.Input[str], names: PodNames) 
         # (DRAIN_TIMEOUT) within terminationGracePeriodSeconds = pause + drain + 5 s.
         lifecycle=k8s.core.v1.LifecycleArgs(
             pre_stop=k8s.core.v1.LifecycleHandlerArgs(
-                sleep=k8s.core.v1.SleepActionArgs(seconds=config.lifecycle.pre_stop_sleep_seconds)
+                sleep=k8s.core.v1.SleepActionArgs(seconds=pod.lifecycle.pre_stop_sleep_seconds)
             )
         ),
         security_context=_security_context(),
@@ -206,13 +224,13 @@ def _server(config: InferenceConfig, image: pulumi.Input[str], names: PodNames) 
     )
 
 
-def _s3_download(config: InferenceConfig) -> k8s.core.v1.ContainerArgs:
+def _s3_download(model: ModelConfig) -> k8s.core.v1.ContainerArgs:
     """Copies the S3 model prefix into the cache (incremental: a warm cache copies nothing)."""
     return k8s.core.v1.ContainerArgs(
         name="download-model",
         image=versions.AWS_CLI_IMAGE,
         image_pull_policy="Always",
-        command=["aws", "s3", "sync", "--only-show-errors", config.model.s3_uri or "", S3_WEIGHTS_PATH],
+        command=["aws", "s3", "sync", "--only-show-errors", model.s3_uri or "", S3_WEIGHTS_PATH],
         env=[k8s.core.v1.EnvVarArgs(name="HOME", value="/tmp")],
         resources=k8s.core.v1.ResourceRequirementsArgs(
             requests=dict(S3_DOWNLOAD_REQUESTS), limits={"cpu": "2", "memory": "2Gi"}
@@ -230,8 +248,7 @@ def _mounts() -> list[k8s.core.v1.VolumeMountArgs]:
     ]
 
 
-def _volumes(config: InferenceConfig) -> list[k8s.core.v1.VolumeArgs]:
-    cache = config.model_cache
+def _volumes(cache: ModelCacheConfig, resources: ResourcesConfig) -> list[k8s.core.v1.VolumeArgs]:
     if cache.type == "emptyDir":
         model_cache = k8s.core.v1.VolumeArgs(
             name="model-cache", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit=cache.size)
@@ -261,6 +278,6 @@ def _volumes(config: InferenceConfig) -> list[k8s.core.v1.VolumeArgs]:
         k8s.core.v1.VolumeArgs(name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="2Gi")),
         k8s.core.v1.VolumeArgs(
             name="dshm",
-            empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(medium="Memory", size_limit=config.resources.shm_size),
+            empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(medium="Memory", size_limit=resources.shm_size),
         ),
     ]

@@ -9,7 +9,7 @@ from typing import Protocol
 import pulumi
 import pulumi_kubernetes as k8s
 
-from stack.config.kubernetes import InferenceConfig, scale_quantity
+from stack.config.kubernetes import AutoscalingConfig, ServiceConfig, scale_quantity
 from stack.kubernetes import metrics
 from stack.kubernetes.common import (
     MANAGED_BY,
@@ -18,7 +18,7 @@ from stack.kubernetes.common import (
     checkov_skips,
 )
 from stack.kubernetes.inference_alerts import alert_rules
-from stack.kubernetes.inference_pod import API_KEYS_KEY, PodNames, pod_template
+from stack.kubernetes.inference_pod import API_KEYS_KEY, PodNames, ServerPodArgs, pod_template
 from stack.kubernetes.rollout import RolloutBudget, minutes
 from stack.nodes import GPU_RESOURCE
 
@@ -29,12 +29,23 @@ LOAD_BALANCER_AWAIT = "jsonpath={.status.loadBalancer.ingress}"
 
 @dataclass(frozen=True)
 class InferenceServiceArgs:
-    config: InferenceConfig
+    # Name of the Deployment, Service, HPA and the rest, and their namespace (DNS labels, validated).
+    name: str
+    namespace: str
     # The server image: the one built in this run (by digest) or the stack's prebuilt `inference.image`.
     image: pulumi.Input[str]
+    # False for a prebuilt image pinned by tag (checkov's digest rule is then skipped with the reason).
+    image_by_digest: bool
+    pod: ServerPodArgs
+    autoscaling: AutoscalingConfig
+    service: ServiceConfig
+    # Refuse to be built without API keys (production stacks).
+    require_api_keys: bool
+    # An IAM role for the pods' ServiceAccount (IRSA; existing clusters only).
+    service_account_role_arn: str | None
     # How long a new GPU node may take to join (the autoscaler's maxNodeProvisionTime): part of the await budget.
     node_provision_seconds: int
-    # Comma-separated API keys (a Pulumi secret); None = open endpoint, refused when config.requireApiKeys
+    # Comma-separated API keys (a Pulumi secret); None = open endpoint, refused when require_api_keys
     # (load_stack_config already refused an empty secret there).
     api_keys: pulumi.Input[str] | None
     # Where Prometheus runs (its pods may scrape the server port).
@@ -53,12 +64,11 @@ class InferenceService(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: InferenceServiceArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("deepseek:kubernetes:InferenceService", name, None, opts)
-        config = args.config
-        if args.api_keys is None and config.require_api_keys:
+        if args.api_keys is None and args.require_api_keys:
             raise ValueError(f"InferenceService {name}: inference.requireApiKeys is true but no API keys were given")
         child = pulumi.ResourceOptions(parent=self)
-        ns = config.namespace
-        selector = {"app.kubernetes.io/name": "deepseek-inference", "app.kubernetes.io/instance": config.name}
+        ns = args.namespace
+        selector = {"app.kubernetes.io/name": "deepseek-inference", "app.kubernetes.io/instance": args.name}
         labels = {**MANAGED_BY, **selector, "app.kubernetes.io/component": "server"}
 
         def meta(
@@ -76,29 +86,29 @@ class InferenceService(pulumi.ComponentResource):
         )
         in_ns = pulumi.ResourceOptions(parent=self, depends_on=[namespace])
 
-        self._guard_rails(name, config, meta, in_ns)
+        self._guard_rails(name, args, meta, in_ns)
         priority_class = k8s.scheduling.v1.PriorityClass(
             f"{name}-priority",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name=f"{config.name}-inference", labels=labels),
-            value=config.scheduling.priority,
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=f"{args.name}-inference", labels=labels),
+            value=args.pod.scheduling.priority,
             global_default=False,
             preemption_policy="PreemptLowerPriority",
-            description=f"DeepSeek inference server {config.name}: may preempt batch work for GPUs",
+            description=f"DeepSeek inference server {args.name}: may preempt batch work for GPUs",
             opts=child,
         )
         sa_annotations = (
-            {"eks.amazonaws.com/role-arn": config.service_account_role_arn} if config.service_account_role_arn else None
+            {"eks.amazonaws.com/role-arn": args.service_account_role_arn} if args.service_account_role_arn else None
         )
         service_account = k8s.core.v1.ServiceAccount(
             f"{name}-service-account",
-            metadata=meta(config.name, sa_annotations),
+            metadata=meta(args.name, sa_annotations),
             automount_service_account_token=False,
             opts=in_ns,
         )
         secret_name: str | None = None
         depends: list[pulumi.Resource] = [namespace, priority_class, service_account]
         if args.api_keys is not None:
-            secret_name = f"{config.name}-api-keys"
+            secret_name = f"{args.name}-api-keys"
             depends.append(
                 k8s.core.v1.Secret(
                     f"{name}-api-keys",
@@ -111,21 +121,21 @@ class InferenceService(pulumi.ComponentResource):
                 )
             )
         names = PodNames(
-            service_account=config.name, priority_class=f"{config.name}-inference", api_keys_secret=secret_name
+            service_account=args.name, priority_class=f"{args.name}-inference", api_keys_secret=secret_name
         )
         skips = {"CKV_K8S_35": "the server reads API_KEYS from its environment by contract (app/settings.py)"}
-        if config.image is not None and "@" not in config.image:
+        if not args.image_by_digest:
             skips["CKV_K8S_43"] = "the config model refuses 'latest' and untagged images; pin a digest to drop this"
         pod_annotations = checkov_skips(**skips)
         budget = RolloutBudget(
             node_provision_seconds=args.node_provision_seconds,
-            startup_seconds=config.lifecycle.startup_timeout_seconds,
-            termination_grace_seconds=config.lifecycle.termination_grace_period_seconds,
-            max_replicas=config.autoscaling.max_replicas,
+            startup_seconds=args.pod.lifecycle.startup_timeout_seconds,
+            termination_grace_seconds=args.pod.lifecycle.termination_grace_period_seconds,
+            max_replicas=args.autoscaling.max_replicas,
         )
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
-            metadata=meta(config.name, pod_annotations),
+            metadata=meta(args.name, pod_annotations),
             spec=k8s.apps.v1.DeploymentSpecArgs(
                 # No replicas: the HPA owns the count (Pulumi would reset it on every update otherwise).
                 selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),
@@ -136,7 +146,7 @@ class InferenceService(pulumi.ComponentResource):
                 ),
                 revision_history_limit=5,
                 progress_deadline_seconds=budget.progress_deadline_seconds,
-                template=pod_template(config, args.image, labels, names, pod_annotations),
+                template=pod_template(args.pod, args.image, labels, names, pod_annotations),
             ),
             opts=pulumi.ResourceOptions(
                 parent=self,
@@ -146,32 +156,32 @@ class InferenceService(pulumi.ComponentResource):
                 ),
             ),
         )
-        self.service = self._service(name, config, meta, selector, in_ns)
-        self._autoscaling(name, config, meta, selector, args)
-        self._network_policy(name, config, meta, selector, args, in_ns)
-        self._observability(name, config, meta, selector, args, namespace)
+        self.service = self._service(name, args, meta, selector, in_ns)
+        self._autoscaling(name, args, meta, selector)
+        self._network_policy(name, args, meta, selector, in_ns)
+        self._observability(name, args, meta, selector, namespace)
 
         self.namespace = namespace.metadata.apply(lambda metadata: metadata.name or ns)
-        self.service_name = pulumi.Output.from_input(config.name)
+        self.service_name = pulumi.Output.from_input(args.name)
         self.endpoint = self.service.status.apply(_load_balancer_host)
         self.register_outputs(
             {"namespace": self.namespace, "serviceName": self.service_name, "endpoint": self.endpoint}
         )
 
-    def _guard_rails(self, name: str, config: InferenceConfig, meta: _Meta, opts: pulumi.ResourceOptions) -> None:
+    def _guard_rails(self, name: str, args: InferenceServiceArgs, meta: _Meta, opts: pulumi.ResourceOptions) -> None:
         """Quota sized for maxReplicas + 1 surge pod during a rollout; defaults for containers that set nothing."""
-        pods = config.autoscaling.max_replicas + 1
-        resources = config.resources
+        pods = args.autoscaling.max_replicas + 1
+        resources = args.pod.resources
 
         def times(quantity: str) -> str:
             return scale_quantity(quantity, pods)
 
         k8s.core.v1.ResourceQuota(
             f"{name}-quota",
-            metadata=meta(f"{config.name}-quota"),
+            metadata=meta(f"{args.name}-quota"),
             spec=k8s.core.v1.ResourceQuotaSpecArgs(
                 hard={
-                    f"requests.{GPU_RESOURCE}": str(config.gpu_count * pods),
+                    f"requests.{GPU_RESOURCE}": str(args.pod.gpu_count * pods),
                     "requests.cpu": times(resources.cpu_request),
                     "limits.cpu": times(resources.cpu_limit),
                     "requests.memory": times(resources.memory_request),
@@ -184,7 +194,7 @@ class InferenceService(pulumi.ComponentResource):
         )
         k8s.core.v1.LimitRange(
             f"{name}-limits",
-            metadata=meta(f"{config.name}-limits"),
+            metadata=meta(f"{args.name}-limits"),
             spec=k8s.core.v1.LimitRangeSpecArgs(
                 limits=[
                     k8s.core.v1.LimitRangeItemArgs(
@@ -198,9 +208,9 @@ class InferenceService(pulumi.ComponentResource):
         )
 
     def _service(
-        self, name: str, config: InferenceConfig, meta: _Meta, selector: dict[str, str], opts: pulumi.ResourceOptions
+        self, name: str, args: InferenceServiceArgs, meta: _Meta, selector: dict[str, str], opts: pulumi.ResourceOptions
     ) -> k8s.core.v1.Service:
-        service = config.service
+        service = args.service
         annotations = {
             # An NLB from the cloud provider (see docs/deploy/kubernetes-layer.md for why not the LB Controller).
             "service.beta.kubernetes.io/aws-load-balancer-type": "nlb",
@@ -221,7 +231,7 @@ class InferenceService(pulumi.ComponentResource):
             annotations["service.beta.kubernetes.io/aws-load-balancer-ssl-ports"] = "443"
         return k8s.core.v1.Service(
             f"{name}-service",
-            metadata=meta(config.name, annotations),
+            metadata=meta(args.name, annotations),
             spec=k8s.core.v1.ServiceSpecArgs(
                 type="LoadBalancer",
                 selector=selector,
@@ -233,19 +243,17 @@ class InferenceService(pulumi.ComponentResource):
             opts=opts,
         )
 
-    def _autoscaling(
-        self, name: str, config: InferenceConfig, meta: _Meta, selector: dict[str, str], args: InferenceServiceArgs
-    ) -> None:
-        scaling = config.autoscaling
+    def _autoscaling(self, name: str, args: InferenceServiceArgs, meta: _Meta, selector: dict[str, str]) -> None:
+        scaling = args.autoscaling
         # Not after the Deployment: both name it only, and a Deployment whose pods are still loading (or whose
         # await timed out) must not keep the HPA and PDB from existing.
         after = pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on))
         k8s.autoscaling.v2.HorizontalPodAutoscaler(
             f"{name}-hpa",
-            metadata=meta(config.name),
+            metadata=meta(args.name),
             spec=k8s.autoscaling.v2.HorizontalPodAutoscalerSpecArgs(
                 scale_target_ref=k8s.autoscaling.v2.CrossVersionObjectReferenceArgs(
-                    api_version="apps/v1", kind="Deployment", name=config.name
+                    api_version="apps/v1", kind="Deployment", name=args.name
                 ),
                 min_replicas=scaling.min_replicas,
                 max_replicas=scaling.max_replicas,
@@ -284,7 +292,7 @@ class InferenceService(pulumi.ComponentResource):
         # ready (stuck loading) can always be evicted.
         k8s.policy.v1.PodDisruptionBudget(
             f"{name}-pdb",
-            metadata=meta(config.name),
+            metadata=meta(args.name),
             spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
                 max_unavailable=1,
                 selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),
@@ -294,20 +302,14 @@ class InferenceService(pulumi.ComponentResource):
         )
 
     def _network_policy(
-        self,
-        name: str,
-        config: InferenceConfig,
-        meta: _Meta,
-        selector: dict[str, str],
-        args: InferenceServiceArgs,
-        opts: pulumi.ResourceOptions,
+        self, name: str, args: InferenceServiceArgs, meta: _Meta, selector: dict[str, str], opts: pulumi.ResourceOptions
     ) -> None:
         """Ingress only to the server port: from client CIDRs (via the NLB, client IPs kept) and from Prometheus."""
-        cidrs = [*config.service.load_balancer_source_ranges, *config.service.extra_client_cidrs]
+        cidrs = [*args.service.load_balancer_source_ranges, *args.service.extra_client_cidrs]
         server_port = [k8s.networking.v1.NetworkPolicyPortArgs(port=SERVER_PORT, protocol="TCP")]
         k8s.networking.v1.NetworkPolicy(
             f"{name}-network-policy",
-            metadata=meta(config.name),
+            metadata=meta(args.name),
             spec=k8s.networking.v1.NetworkPolicySpecArgs(
                 pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),
                 policy_types=["Ingress"],
@@ -338,14 +340,13 @@ class InferenceService(pulumi.ComponentResource):
     def _observability(
         self,
         name: str,
-        config: InferenceConfig,
+        args: InferenceServiceArgs,
         meta: _Meta,
         selector: dict[str, str],
-        args: InferenceServiceArgs,
         namespace: k8s.core.v1.Namespace,
     ) -> None:
         after_crds = pulumi.ResourceOptions(parent=self, depends_on=[namespace, *args.depends_on])
-        monitor_meta = meta(config.name, extra_labels=args.monitor_labels)
+        monitor_meta = meta(args.name, extra_labels=args.monitor_labels)
         k8s.apiextensions.CustomResource(
             f"{name}-service-monitor",
             api_version="monitoring.coreos.com/v1",
@@ -353,7 +354,7 @@ class InferenceService(pulumi.ComponentResource):
             metadata=monitor_meta,
             spec={
                 "selector": {"matchLabels": selector},
-                "namespaceSelector": {"matchNames": [config.namespace]},
+                "namespaceSelector": {"matchNames": [args.namespace]},
                 "endpoints": [{"port": "http", "path": "/metrics", "interval": "15s", "scrapeTimeout": "10s"}],
             },
             opts=after_crds,
@@ -363,7 +364,7 @@ class InferenceService(pulumi.ComponentResource):
             api_version="monitoring.coreos.com/v1",
             kind="PrometheusRule",
             metadata=monitor_meta,
-            spec=alert_rules(config.namespace, config.name, config.lifecycle.startup_timeout_seconds),
+            spec=alert_rules(args.namespace, args.name, args.pod.lifecycle.startup_timeout_seconds),
             opts=after_crds,
         )
 

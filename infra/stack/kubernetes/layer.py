@@ -11,6 +11,7 @@ import pulumi_kubernetes as k8s
 from stack.config import StackConfig
 from stack.config.aws import duration_seconds
 from stack.kubernetes.gpu_addons import GpuAddons, GpuAddonsArgs
+from stack.kubernetes.inference_pod import ServerPodArgs
 from stack.kubernetes.inference_service import InferenceService, InferenceServiceArgs
 from stack.kubernetes.monitoring import PROMETHEUS_POD_LABELS, Monitoring, MonitoringArgs
 from stack.kubernetes.rollout import DEFAULT_NODE_PROVISION_SECONDS
@@ -82,11 +83,27 @@ def deploy_kubernetes_layer(
     node_provision_seconds = DEFAULT_NODE_PROVISION_SECONDS
     if config.cluster_source == "eks":
         node_provision_seconds = duration_seconds(config.cluster_autoscaler.max_node_provision_time)
+    spec = config.inference
     inference = InferenceService(
-        f"inference-{config.inference.name}",
+        f"inference-{spec.name}",
         InferenceServiceArgs(
-            config=config.inference,
+            name=spec.name,
+            namespace=spec.namespace,
             image=image,
+            # Unset `inference.image`: this run builds the image and deploys it by digest.
+            image_by_digest=spec.image is None or "@" in spec.image,
+            pod=ServerPodArgs(
+                gpu_count=spec.gpu_count,
+                model=spec.model,
+                resources=spec.resources,
+                model_cache=spec.model_cache,
+                scheduling=spec.scheduling,
+                lifecycle=spec.lifecycle,
+            ),
+            autoscaling=spec.autoscaling,
+            service=spec.service,
+            require_api_keys=spec.require_api_keys,
+            service_account_role_arn=spec.service_account_role_arn,
             node_provision_seconds=node_provision_seconds,
             api_keys=config.api_keys,
             monitoring_namespace=addons.monitoring_namespace,
