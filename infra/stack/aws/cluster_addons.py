@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
@@ -29,16 +30,21 @@ class ClusterAddons(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         tags = dict(args.tags)
 
-        aws.eks.Addon(
-            f"{name}-coredns",
-            cluster_name=args.cluster_name,
-            addon_name="coredns",
-            addon_version=args.addon_versions.get("coredns"),
-            resolve_conflicts_on_create="OVERWRITE",
-            resolve_conflicts_on_update="OVERWRITE",
-            tags=tags,
-            opts=child,
-        )
+        def addon(addon_name: str, **extra: Any) -> aws.eks.Addon:
+            # OVERWRITE: the stack's settings win over any edits made to the add-on's objects by hand.
+            return aws.eks.Addon(
+                f"{name}-{addon_name}",
+                cluster_name=args.cluster_name,
+                addon_name=addon_name,
+                addon_version=args.addon_versions.get(addon_name),
+                resolve_conflicts_on_create="OVERWRITE",
+                resolve_conflicts_on_update="OVERWRITE",
+                tags=tags,
+                opts=child,
+                **extra,
+            )
+
+        addon("coredns")
         ebs_role = PodIdentityRole(
             f"{name}-ebs-csi",
             PodIdentityRoleArgs(
@@ -52,18 +58,11 @@ class ClusterAddons(pulumi.ComponentResource):
             ),
             opts=child,
         )
-        aws.eks.Addon(
-            f"{name}-aws-ebs-csi-driver",
-            cluster_name=args.cluster_name,
-            addon_name="aws-ebs-csi-driver",
-            addon_version=args.addon_versions.get("aws-ebs-csi-driver"),
-            resolve_conflicts_on_create="OVERWRITE",
-            resolve_conflicts_on_update="OVERWRITE",
+        addon(
+            "aws-ebs-csi-driver",
             pod_identity_associations=[
                 aws.eks.AddonPodIdentityAssociationArgs(role_arn=ebs_role.arn, service_account=EBS_CSI_SERVICE_ACCOUNT)
             ],
-            tags=tags,
-            opts=child,
         )
         self.ebs_csi_role_arn = ebs_role.arn
         self.register_outputs({"ebsCsiRoleArn": self.ebs_csi_role_arn})

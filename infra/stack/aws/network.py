@@ -51,13 +51,7 @@ class Network(pulumi.ComponentResource):
         public_routes = aws.ec2.RouteTable(
             f"{name}-public", vpc_id=vpc.id, tags=self._named(f"{name}-public"), opts=child
         )
-        aws.ec2.Route(
-            f"{name}-public-default",
-            route_table_id=public_routes.id,
-            destination_cidr_block="0.0.0.0/0",
-            gateway_id=gateway.id,
-            opts=child,
-        )
+        self._default_route(f"{name}-public-default", public_routes, gateway_id=gateway.id)
 
         cluster_tag = {f"kubernetes.io/cluster/{args.cluster_name}": "shared"}
         public_subnets: list[aws.ec2.Subnet] = []
@@ -99,13 +93,7 @@ class Network(pulumi.ComponentResource):
                 tags=self._named(f"{name}-private-{zone.zone}"),
                 opts=child,
             )
-            aws.ec2.Route(
-                f"{name}-private-{zone.zone}-default",
-                route_table_id=routes.id,
-                destination_cidr_block="0.0.0.0/0",
-                nat_gateway_id=nat.id,
-                opts=child,
-            )
+            self._default_route(f"{name}-private-{zone.zone}-default", routes, nat_gateway_id=nat.id)
             aws.ec2.RouteTableAssociation(
                 f"{name}-private-{zone.zone}", subnet_id=private.id, route_table_id=routes.id, opts=child
             )
@@ -120,6 +108,16 @@ class Network(pulumi.ComponentResource):
                 "publicSubnetIds": self.public_subnet_ids,
                 "privateSubnetIds": self.private_subnet_ids,
             }
+        )
+
+    def _default_route(self, name: str, table: aws.ec2.RouteTable, **target: pulumi.Input[str]) -> None:
+        """0.0.0.0/0 through `target`: the internet gateway (public) or a zone's NAT gateway (private)."""
+        aws.ec2.Route(
+            name,
+            route_table_id=table.id,
+            destination_cidr_block="0.0.0.0/0",
+            opts=pulumi.ResourceOptions(parent=self),
+            **target,
         )
 
     def _named(self, name: str) -> dict[str, str]:

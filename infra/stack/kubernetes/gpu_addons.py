@@ -45,27 +45,20 @@ class GpuAddons(pulumi.ComponentResource):
             opts=child,
         )
         after_namespace = pulumi.ResourceOptions(parent=self, depends_on=[namespace, *args.depends_on])
-        self.releases: list[k8s.helm.v3.Release] = []
-        if args.device_plugin:
-            self.releases.append(
-                pinned_release(
-                    f"{name}-device-plugin",
-                    versions.NVIDIA_DEVICE_PLUGIN_CHART,
-                    namespace=args.namespace,
-                    values=device_plugin_values(args.time_slicing_replicas),
-                    opts=after_namespace,
-                )
-            )
-        if args.dcgm_exporter:
-            self.releases.append(
-                pinned_release(
-                    f"{name}-dcgm-exporter",
-                    versions.DCGM_EXPORTER_CHART,
-                    namespace=args.namespace,
-                    values=dcgm_exporter_values(),
-                    opts=after_namespace,
-                )
-            )
+        wanted = [
+            (
+                args.device_plugin,
+                "device-plugin",
+                versions.NVIDIA_DEVICE_PLUGIN_CHART,
+                device_plugin_values(args.time_slicing_replicas),
+            ),
+            (args.dcgm_exporter, "dcgm-exporter", versions.DCGM_EXPORTER_CHART, dcgm_exporter_values()),
+        ]
+        self.releases: list[k8s.helm.v3.Release] = [
+            pinned_release(f"{name}-{suffix}", chart, namespace=args.namespace, values=values, opts=after_namespace)
+            for enabled, suffix, chart, values in wanted
+            if enabled
+        ]
         self.namespace = namespace.metadata.apply(lambda metadata: metadata.name or args.namespace)
         self.register_outputs({"namespace": self.namespace})
 
