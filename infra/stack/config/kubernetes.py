@@ -44,21 +44,24 @@ S3_DOWNLOAD_REQUESTS = {"cpu": "500m", "memory": "512Mi"}
 AlertReceiver = Literal["none", "slack", "pagerduty", "webhook"]
 
 
-def parse_quantity(value: str) -> Decimal:
-    """A Kubernetes resource quantity ("500m", "16Gi", "2") as a number, for comparisons."""
+def _split_quantity(value: str) -> tuple[Decimal, str | None]:
+    """A Kubernetes resource quantity's number and suffix: "16Gi" is (16, "Gi"), "2" is (2, None)."""
     match = _QUANTITY.match(value)
     if match is None:
         raise ValueError(f"{value!r} is not a Kubernetes quantity; write e.g. '2', '500m', '16Gi'")
-    return Decimal(match["number"]) * _SUFFIX_FACTOR[match["suffix"]]
+    return Decimal(match["number"]), match["suffix"]
+
+
+def parse_quantity(value: str) -> Decimal:
+    """A Kubernetes resource quantity ("500m", "16Gi", "2") as a number, for comparisons."""
+    number, suffix = _split_quantity(value)
+    return number * _SUFFIX_FACTOR[suffix]
 
 
 def scale_quantity(value: str, factor: int) -> str:
     """'16Gi' times 3 is '48Gi', '500m' times 3 is '1500m': the number scaled, the suffix kept."""
-    match = _QUANTITY.match(value)
-    if match is None:
-        raise ValueError(f"{value!r} is not a Kubernetes quantity; write e.g. '2', '500m', '16Gi'")
-    number = Decimal(match["number"]) * factor
-    return f"{number.normalize():f}{match['suffix'] or ''}"
+    number, suffix = _split_quantity(value)
+    return f"{(number * factor).normalize():f}{suffix or ''}"
 
 
 def _quantity(value: str) -> str:
