@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from app.model import hardware
 from app.model.builtin import RANDOM_SHAPES, RANDOM_WEIGHTS_MARKER, ensure_builtin_model, ensure_random_shape
 from app.model.chat_template import DEEPSEEK_CHAT_TEMPLATE
 
@@ -57,8 +58,11 @@ def resolve_device(setting: str) -> torch.device:
 
 
 def resolve_dtype(setting: str, device: torch.device) -> torch.dtype | str:
-    """`auto`: the checkpoint's own dtype (bfloat16 for DeepSeek's checkpoints), on the GPU and the CPU alike."""
+    """`auto`: the checkpoint's own dtype (bfloat16 for DeepSeek's checkpoints), except on a CPU whose bf16 is
+    emulated (no AVX512-BF16 or AMX): there float32, several times faster (bench/results/cpu-defaults-*.txt)."""
     if setting == "auto":
+        if device.type == "cpu" and not hardware.cpu_has_native_bf16():
+            return torch.float32
         return "auto"
     if setting == "fp8":
         if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
@@ -129,10 +133,10 @@ def load_weights(spec: WeightsSpec, progress: Progress) -> LoadedWeights:
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     progress(f"loading weights from {spec.directory} onto {device} ({dtype})")
-    # On CPUs, eager attention prefills ~25% faster than PyTorch's SDPA kernel at these sizes (measured with the
-    # built-in model: 27 vs 35 ms for 22 prompts of 28 tokens) and decodes as fast; GPUs keep SDPA.
-    attention = "eager" if device.type == "cpu" else "sdpa"
-    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attention}
+    # SDPA on CPUs too (python -m bench.cpu_defaults; bench/results/cpu-defaults-2core-avx2.txt): eager attention
+    # prefills a batch of 28-token chat turns ~25% faster, but a 1,300-token prompt 7.6x slower (1.88 s vs 0.25 s
+    # in float32 on 2 AVX2 cores), and decodes no faster. The gain on short prompts is not worth the long ones' loss.
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "sdpa"}
     if spec.dtype == "fp8":
         kwargs["quantization_config"] = FineGrainedFP8Config()
     try:

@@ -1,4 +1,4 @@
-"""Which checkpoints the loader accepts: safetensors weights, and one line for anything else."""
+"""Which checkpoints the loader accepts (safetensors weights, one line for anything else), and the dtype it picks."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
-from app.model.loader import LOADABLE_WEIGHTS, ModelLoadError, resolve_source
+from app.model import hardware
+from app.model.loader import LOADABLE_WEIGHTS, ModelLoadError, resolve_dtype, resolve_source
 
 
 def ignore(_: str) -> None:
@@ -65,3 +67,25 @@ def test_a_hub_repository_without_safetensors_is_refused(tmp_path: Path, monkeyp
     with pytest.raises(ModelLoadError, match=r"--model deepseek-ai/old-bin-only: the checkpoint has no weight files"):
         resolve_source("deepseek-ai/old-bin-only", ignore)
     assert "*.safetensors" in asked[0]
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, "auto"), (False, torch.float32)])
+def test_auto_dtype_on_a_cpu_follows_whether_bf16_is_native(
+    monkeypatch: pytest.MonkeyPatch, native: bool, expected: object
+) -> None:
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native)
+    assert resolve_dtype("auto", torch.device("cpu")) == expected
+    # An explicit dtype is the operator's choice, whatever the CPU.
+    assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+
+
+def test_auto_dtype_on_a_gpu_is_the_checkpoints_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
+    assert resolve_dtype("auto", torch.device("cuda")) == "auto"
+
+
+def test_the_hardware_line_names_the_cpu_capability_and_bf16() -> None:
+    line = hardware.describe()
+    assert hardware.cpu_capability() in line
+    assert ("native bf16" in line) == hardware.cpu_has_native_bf16()
+    assert hardware.cpu_capability() in {"DEFAULT", "NO AVX", "AVX2", "AVX512", "VSX", "Z VECTOR", "SVE256", "SVE"}

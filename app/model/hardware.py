@@ -1,0 +1,60 @@
+"""What the machine can do, as torch sees it: the defaults that follow the hardware read it here, once.
+
+On a CPU, bfloat16 matrix products run in hardware only with AVX512-BF16 or AMX; elsewhere (AVX2-only CPUs, many
+cloud AMD and older Intel parts) torch emulates them, and a bf16 model runs several times slower than the same model
+in float32 (measured: bench/results/cpu-defaults-*.txt). The benchmark prints `describe()` beside every figure.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from functools import cache
+from pathlib import Path
+
+import torch
+
+
+def cpu_capability() -> str:
+    """The widest vector instruction set torch's CPU kernels use here: AVX2, AVX512, NO AVX, SVE256 …"""
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
+@cache
+def cpu_has_native_bf16() -> bool:
+    """True when bf16 matrix products run in hardware (AVX512-BF16 or AMX tiles), as torch's own checks say."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if all(check is not None for check in checks):
+        return any(bool(check()) for check in checks if check is not None)
+    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())  # an older torch without the checks
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe() -> str:
+    """One line naming the hardware a figure was measured on."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    bf16 = "native bf16" if cpu_has_native_bf16() else "bf16 emulated"
+    line = f"CPU {_cpu_model()}, {cpus} cores, {cpu_capability()}, {bf16}, torch {torch.__version__}"
+    if torch.cuda.is_available():
+        line += f"; GPU {torch.cuda.get_device_name(0)} x {torch.cuda.device_count()}"
+    return line
