@@ -76,6 +76,7 @@ class Runtime:
                 WeightsSpec(str(directory), settings.dtype, settings.device, settings.max_model_len),
                 max_batch_size=settings.max_batch_size,
                 log_level=settings.log_level,
+                prefill_chunk_tokens=settings.prefill_chunk_tokens,
             )
             self._engine = EngineClient(spec, tokenizer, settings.max_queue, observer=self.metrics)
             if self._closed:  # shut down before the engine was spawned (close() may not have seen it)

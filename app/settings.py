@@ -33,6 +33,7 @@ class Settings:
     max_batch_size: int = 32
     max_queue: int = 256
     max_model_len: int = 4096
+    prefill_chunk_tokens: int = 256
     api_keys: tuple[str, ...] = ()
     # The pod's grace period must cover preStop pause + drain + a few seconds to close (the stack sets
     # terminationGracePeriodSeconds = preStop + drain + 5 s); 25 s keeps the whole shutdown near a minute at most.
@@ -128,7 +129,14 @@ OPTIONS: tuple[_Option, ...] = (
         "name clients use in `model` (default: the --model value)",
         _non_empty,
     ),
-    _Option("dtype", "--dtype", "DTYPE", f"weights dtype: {', '.join(DTYPES)} (default auto)", _choice(DTYPES)),
+    _Option(
+        "dtype",
+        "--dtype",
+        "DTYPE",
+        f"weights dtype: {', '.join(DTYPES)} (default auto: the checkpoint's own, except float32 on a CPU without "
+        "native bf16)",
+        _choice(DTYPES),
+    ),
     _Option(
         "device", "--device", "DEVICE", f"{', '.join(DEVICES)} (default auto: cuda when present)", _choice(DEVICES)
     ),
@@ -148,6 +156,14 @@ OPTIONS: tuple[_Option, ...] = (
         "MAX_MODEL_LEN",
         "prompt + completion tokens per request (default 4096)",
         _int_at_least(2),
+    ),
+    _Option(
+        "prefill_chunk_tokens",
+        "--prefill-chunk-tokens",
+        "PREFILL_CHUNK_TOKENS",
+        "a longer prompt that arrives while others stream is prefilled this many tokens a step, between their "
+        "tokens; 0: every prompt whole (default 256)",
+        _int_at_least(0),
     ),
     _Option("api_keys", "--api-key", "API_KEYS", "comma-separated API keys; unset: no authentication", _keys),
     _Option(

@@ -4,6 +4,11 @@ they finish.
 Each `step()` either prefills the requests that are waiting (one left-padded group, within a token budget) and
 merges them into the running batch, or decodes one token for every running request. It returns the token each
 request got. Pure and synchronous: the engine worker process drives it; tests drive it directly.
+
+Chunked prefill: a prompt longer than `prefill_chunk_tokens` that arrives while other requests stream is prefilled
+a chunk per step, each step also decoding the running batch, so their tokens keep coming (one long prefill would
+stall every stream for its whole length). It joins the batch when its last chunk is in. On an idle loop a long
+prompt is prefilled whole: nobody is waiting on it, and one pass is the fastest way to its first token.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class _Row:
     next_token: int = 0
     position: int = 0  # the position id of next_token
     done: bool = False
+    prefilled: int = 0  # prompt tokens already in the cache while it is prefilled in chunks
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,7 @@ class BatchLoop:
         max_batch_size: int,
         prefill_token_budget: int = 8192,
         cpu_threads: tuple[int, int] | None = None,
+        prefill_chunk_tokens: int = 0,
     ) -> None:
         self._model = model
         self._device: torch.device = model.device
@@ -73,6 +80,10 @@ class BatchLoop:
         self._waiting: deque[_Row] = deque()
         self._running: list[_Row] = []
         self._batch: KVBatch | None = None
+        # 0: every prompt is prefilled whole. Otherwise the row being prefilled in chunks and its own cache.
+        self._chunk_tokens = prefill_chunk_tokens
+        self._chunking: _Row | None = None
+        self._chunk_cache: DynamicCache | None = None
         # (large prefill, other steps) torch threads on a CPU. A large prefill is compute-bound and runs while the
         # HTTP process mostly waits, so it gets every core; other steps are small, gain nothing from a second
         # thread (a lone prompt's prefill got slower), and leave a core to the HTTP process, which streams tokens.
@@ -85,11 +96,12 @@ class BatchLoop:
 
     @property
     def running(self) -> int:
-        return len(self._running)
+        """Requests holding a batch slot: decoding, or being prefilled in chunks."""
+        return len(self._running) + (self._chunking is not None)
 
     @property
     def idle(self) -> bool:
-        return not self._waiting and not self._running
+        return not self._waiting and not self._running and self._chunking is None
 
     def add(self, request_id: int, prompt: list[int], params: SamplingParams) -> None:
         self._waiting.append(_Row(request_id, prompt, params, make_generator(params)))
@@ -97,9 +109,12 @@ class BatchLoop:
     def reset(self) -> list[int]:
         """Drop every request (after a failed step left the batch in an unknown state); return their ids."""
         dropped = [row.request_id for row in (*self._running, *self._waiting)]
+        if self._chunking is not None:
+            dropped.append(self._chunking.request_id)
         self._waiting.clear()
         self._running = []
         self._batch = None
+        self._chunking, self._chunk_cache = None, None
         return dropped
 
     def cancel(self, request_id: int) -> None:
@@ -108,6 +123,9 @@ class BatchLoop:
             if row.request_id == request_id:
                 self._waiting.remove(row)
                 return
+        if self._chunking is not None and self._chunking.request_id == request_id:
+            self._chunking, self._chunk_cache = None, None  # its cache goes with it
+            return
         for row in self._running:
             if row.request_id == request_id:
                 row.done = True
@@ -118,11 +136,18 @@ class BatchLoop:
         started = time.perf_counter()
         admitted = self._admit()
         if self._cpu_threads is not None:
-            large = sum(len(row.prompt) for row in admitted) >= PARALLEL_PREFILL_TOKENS
+            prefilling = sum(len(row.prompt) for row in admitted) or (self._chunk_tokens if self._chunking else 0)
+            large = prefilling >= PARALLEL_PREFILL_TOKENS
             torch.set_num_threads(self._cpu_threads[0] if large else self._cpu_threads[1])
         if admitted:
             outputs = self._prefill(admitted)
             kind, rows = "prefill", len(admitted)
+        elif self._chunking is not None:
+            # The running rows' token first, then the next chunk (its last one merges the row into the batch).
+            rows = len(self._running)
+            outputs = self._decode() if self._running else []
+            outputs += self._prefill_chunk()
+            kind = "chunk"
         elif self._running:
             rows = len(self._running)
             outputs = self._decode()
@@ -137,13 +162,39 @@ class BatchLoop:
     def _admit(self) -> list[_Row]:
         admitted: list[_Row] = []
         budget = self._prefill_budget
-        while self._waiting and len(self._running) + len(admitted) < self._max_batch:
+        while self._waiting and self.running + len(admitted) < self._max_batch:
             candidate = self._waiting[0]
+            if self._chunk_tokens and len(candidate.prompt) > self._chunk_tokens and (self.running or admitted):
+                if self._chunking is not None:
+                    break  # one chunked prefill at a time; it waits its turn, in order
+                self._chunking = self._waiting.popleft()
+                self._chunk_cache = DynamicCache(config=self._model.config)
+                continue
             if admitted and len(candidate.prompt) > budget:
                 break  # the next step prefills it; long prompts never starve the running batch for long
             budget -= len(candidate.prompt)
             admitted.append(self._waiting.popleft())
         return admitted
+
+    def _prefill_chunk(self) -> list[StepOutput]:
+        """The next chunk of the row being prefilled in chunks; after its last, the row joins the batch."""
+        row, cache = self._chunking, self._chunk_cache
+        assert row is not None and cache is not None
+        start, end = row.prefilled, min(row.prefilled + self._chunk_tokens, len(row.prompt))
+        output = self._model(
+            input_ids=torch.tensor([row.prompt[start:end]], dtype=torch.long, device=self._device),
+            position_ids=torch.arange(start, end, dtype=torch.long, device=self._device).unsqueeze(0),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        row.prefilled = end
+        if end < len(row.prompt):
+            return []
+        self._chunking, self._chunk_cache = None, None
+        (token,) = sample_next_tokens(output.logits[:, -1, :], [row.params], [row.generator])
+        self._join([row], KVBatch(cache, torch.ones((1, end), dtype=torch.long, device=self._device)))
+        return [self._accept(row, token)]
 
     def _prefill(self, group: list[_Row]) -> list[StepOutput]:
         width = max(len(r.prompt) for r in group)
@@ -163,7 +214,11 @@ class BatchLoop:
             logits_to_keep=1,  # only the last position is sampled; every position's logits would dwarf the prefill
         )
         tokens = sample_next_tokens(output.logits[:, -1, :], [r.params for r in group], [r.generator for r in group])
-        joined = KVBatch(output.cache, mask)
+        self._join(group, KVBatch(output.cache, mask))
+        return [self._accept(row, token) for row, token in zip(group, tokens, strict=True)]
+
+    def _join(self, group: list[_Row], joined: KVBatch) -> None:
+        """Freshly prefilled rows (and their cache) join the running batch, after the rows already in it."""
         if self._batch is None or not self._running:
             self._batch = joined
         else:
@@ -171,7 +226,6 @@ class BatchLoop:
         for row in group:
             row.position = len(row.prompt)
         self._running.extend(group)
-        return [self._accept(row, token) for row, token in zip(group, tokens, strict=True)]
 
     def _decode(self) -> list[StepOutput]:
         batch = self._batch

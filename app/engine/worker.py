@@ -33,6 +33,7 @@ class WorkerSpec:
     weights: WeightsSpec
     max_batch_size: int
     log_level: str
+    prefill_chunk_tokens: int = 0
 
 
 def cpu_threads() -> tuple[int, int]:
@@ -57,8 +58,14 @@ def run_worker(inbox: Connection, outbox: Connection, spec: WorkerSpec) -> None:
         try:
             weights = load_weights(spec.weights, lambda text: send(Progress(text)))
             threads = cpu_threads() if weights.model.device.type == "cpu" else None
-            loop = BatchLoop(weights.model, weights.eos_token_ids, spec.max_batch_size, cpu_threads=threads)
-            _warm_up(loop, spec.max_batch_size)
+            loop = BatchLoop(
+                weights.model,
+                weights.eos_token_ids,
+                spec.max_batch_size,
+                cpu_threads=threads,
+                prefill_chunk_tokens=spec.prefill_chunk_tokens,
+            )
+            _warm_up(loop, spec.max_batch_size, spec.prefill_chunk_tokens)
         except ModelLoadError as error:
             send(Failed(str(error)))
             return
@@ -75,17 +82,20 @@ def run_worker(inbox: Connection, outbox: Connection, spec: WorkerSpec) -> None:
 WARM_UP_TOKENS = 2048  # prompt tokens of the full-batch warm-up prefill, at most
 
 
-def _warm_up(loop: BatchLoop, max_batch_size: int) -> None:
+def _warm_up(loop: BatchLoop, max_batch_size: int, chunk_tokens: int) -> None:
     """Generate before saying ready, so the first clients do not pay for lazy initialisation: one short request
-    alone (the lone path), then a full batch joining it while it runs (group prefill, cache merge, batched decode).
+    alone (the lone path), then a full batch joining it while it runs (group prefill, cache merge, batched decode),
+    and, with chunked prefill on, a prompt of two chunks prefilled beside them.
 
     Measured on the built-in model: the first prefill of a 31-prompt burst took 35-40 ms after the lone warm-up
     alone, 28-29 ms after this one (later ones ~26 ms); the server's first benchmark run was its slowest."""
     greedy = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
     loop.add(-1, [0, 1, 2, 3], greedy)
     loop.step()  # its prefill; it keeps running while the others join
-    rows = max(1, max_batch_size - 1)
+    rows = max(1, max_batch_size - 2 if chunk_tokens else max_batch_size - 1)
     width = max(4, min(64, WARM_UP_TOKENS // rows))
+    if chunk_tokens:
+        loop.add(-2 - rows, list(range(min(2 * chunk_tokens, WARM_UP_TOKENS))), greedy)
     for row in range(rows):
         loop.add(-2 - row, list(range(width)), greedy)
     while not loop.idle:

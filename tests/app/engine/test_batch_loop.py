@@ -8,6 +8,7 @@ correct ways of computing them can pick different tokens.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -359,3 +360,99 @@ def test_an_idle_loop_steps_to_nothing(model: Any) -> None:
     assert loop.idle
     assert loop.step() == []
     assert loop.last.kind == "idle"
+
+
+# --- chunked prefill ---------------------------------------------------------------------------------------------
+
+CHUNK = 4
+
+
+def test_a_long_prompt_arriving_while_others_stream_is_prefilled_a_chunk_a_step_between_their_tokens(
+    model: Any, prompts: list[list[int]], reference: Reference
+) -> None:
+    long = prompts[2]
+    chunks = math.ceil(len(long) / CHUNK)
+    assert chunks >= 3
+    loop = BatchLoop(model, {1}, max_batch_size=8, prefill_chunk_tokens=CHUNK)
+    driver = Driver(loop)
+    loop.add(0, prompts[0], greedy(max_tokens=N + chunks))  # streams for longer than the chunks take
+    driver.step()
+    loop.add(1, long, greedy())
+
+    for chunk in range(chunks):
+        before = len(driver.tokens(0))
+        driver.step()
+        assert loop.last.kind == "chunk"
+        assert len(driver.tokens(0)) == before + 1  # the running stream got its token in this step too
+        assert len(driver.tokens(1)) == (1 if chunk == chunks - 1 else 0)  # the first token comes with the last chunk
+        assert (loop.running, loop.waiting) == (2, 0)  # the prefilling request holds its batch slot
+    driver.step()
+    assert loop.last.kind == "decode"  # it joined the batch
+    driver.run()
+
+    assert driver.tokens(1) == reference(2)  # exactly the tokens it gets alone, prefilled whole
+    assert driver.tokens(0)[:N] == reference(0)
+
+
+def test_on_an_idle_loop_a_long_prompt_is_prefilled_whole(
+    model: Any, prompts: list[list[int]], reference: Reference
+) -> None:
+    loop = BatchLoop(model, {1}, max_batch_size=8, prefill_chunk_tokens=CHUNK)
+    driver = Driver(loop)
+    loop.add(0, prompts[2], greedy())
+
+    driver.step()
+    assert (loop.last.kind, len(driver.tokens(0))) == ("prefill", 1)  # nobody streams: one pass to its first token
+    driver.run()
+    assert driver.tokens(0) == reference(2)
+
+
+def test_one_prompt_is_prefilled_in_chunks_at_a_time_and_the_next_waits_its_turn(
+    model: Any, prompts: list[list[int]], reference: Reference
+) -> None:
+    loop = BatchLoop(model, {1}, max_batch_size=8, prefill_chunk_tokens=CHUNK)
+    driver = Driver(loop)
+    loop.add(0, prompts[5], greedy(max_tokens=3 * N))
+    driver.step()
+    loop.add(1, prompts[2], greedy())
+    loop.add(2, prompts[4], greedy())
+    loop.add(3, prompts[0], greedy())  # short, but behind a long one: requests keep their order
+
+    driver.step()
+    assert (loop.running, loop.waiting) == (2, 2)
+    driver.run()
+
+    for request, index in ((1, 2), (2, 4), (3, 0)):
+        assert driver.tokens(request) == reference(index), f"request {request}"
+
+
+def test_cancelling_a_request_during_its_chunked_prefill_frees_its_slot(
+    model: Any, prompts: list[list[int]], reference: Reference
+) -> None:
+    loop = BatchLoop(model, {1}, max_batch_size=2, prefill_chunk_tokens=CHUNK)
+    driver = Driver(loop)
+    loop.add(0, prompts[5], greedy(max_tokens=3 * N))
+    driver.step()
+    loop.add(1, prompts[2], greedy())
+    driver.step()
+    assert loop.running == 2
+
+    loop.cancel(1)
+    assert loop.running == 1
+    driver.step()
+    assert loop.last.kind == "decode"
+    loop.add(2, prompts[4], greedy())  # the freed slot (max_batch_size 2) takes the next long prompt
+    driver.run()
+    assert driver.tokens(1) == []
+    assert driver.tokens(2) == reference(4)
+
+
+def test_reset_during_a_chunked_prefill_reports_it_among_the_dropped(model: Any, prompts: list[list[int]]) -> None:
+    loop = BatchLoop(model, {1}, max_batch_size=8, prefill_chunk_tokens=CHUNK)
+    loop.add(0, prompts[5], greedy())
+    loop.step()
+    loop.add(1, prompts[2], greedy())
+    loop.step()
+
+    assert sorted(loop.reset()) == [0, 1]
+    assert loop.idle

@@ -294,8 +294,9 @@ def test_warm_up_runs_the_lone_path_then_a_full_batch_joining_it(builtin_weights
     from app.engine.batch_loop import BatchLoop
 
     class Recorded(BatchLoop):
-        def __init__(self) -> None:
-            super().__init__(builtin_weights.model, builtin_weights.eos_token_ids, max_batch_size=8)
+        def __init__(self, chunk_tokens: int) -> None:
+            weights = builtin_weights
+            super().__init__(weights.model, weights.eos_token_ids, max_batch_size=8, prefill_chunk_tokens=chunk_tokens)
             self.kinds: list[tuple[str, int]] = []
 
         def step(self) -> list[StepOutput]:
@@ -303,10 +304,17 @@ def test_warm_up_runs_the_lone_path_then_a_full_batch_joining_it(builtin_weights
             self.kinds.append((self.last.kind, self.last.rows))
             return outputs
 
-    loop = Recorded()
-    worker._warm_up(loop, max_batch_size=8)
+    loop = Recorded(chunk_tokens=0)
+    worker._warm_up(loop, max_batch_size=8, chunk_tokens=0)
     assert loop.idle
     assert loop.kinds[:3] == [("prefill", 1), ("prefill", 7), ("decode", 8)]  # lone, group joining it, full batch
+
+    # With chunked prefill on, a two-chunk prompt is prefilled beside the batch, a chunk a step (the batch's own
+    # prompts, 64 tokens, are short enough to be prefilled whole).
+    loop = Recorded(chunk_tokens=64)
+    worker._warm_up(loop, max_batch_size=8, chunk_tokens=64)
+    assert loop.idle
+    assert loop.kinds[:4] == [("prefill", 1), ("prefill", 6), ("chunk", 7), ("chunk", 7)]
 
 
 class FailingStepLoop(RecordingLoop):
