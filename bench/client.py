@@ -22,6 +22,8 @@ class Result:
     completion_tokens: int
     status: int
     prompt_tokens: int = 0
+    # Seconds from sending to each chunk that carried generated text (the gaps between them are what a reader sees).
+    token_times: tuple[float, ...] = ()
 
 
 class Connection:
@@ -60,7 +62,15 @@ class Connection:
             raise RuntimeError(f"GET {path}: HTTP {status}: {body[:200]!r}")
         return json.loads(body)
 
-    async def chat_stream(self, model: str, prompt: str, max_tokens: int, ignore_eos: bool = True) -> Result:
+    async def chat_stream(
+        self,
+        model: str,
+        prompt: str,
+        max_tokens: int,
+        ignore_eos: bool = True,
+        first_token: asyncio.Event | None = None,
+    ) -> Result:
+        """One streamed chat completion; `first_token` (if given) is set when its first generated text arrives."""
         payload = json.dumps(
             {
                 "model": model,
@@ -81,6 +91,7 @@ class Connection:
             return Result(0.0, time.perf_counter() - started, 0, status)
         ttft = 0.0
         tokens = prompt_tokens = 0
+        token_times: list[float] = []
         async for line in _sse_lines(reader, headers):
             if line == b"data: [DONE]":
                 continue
@@ -89,11 +100,14 @@ class Connection:
                 tokens = int(chunk["usage"]["completion_tokens"])
                 prompt_tokens = int(chunk["usage"]["prompt_tokens"])
             choices = chunk.get("choices") or []
-            if not ttft and choices:
+            if choices:
                 delta = choices[0].get("delta", {})
                 if delta.get("content") or delta.get("reasoning_content"):
-                    ttft = time.perf_counter() - started
-        return Result(ttft, time.perf_counter() - started, tokens, 200, prompt_tokens)
+                    token_times.append(time.perf_counter() - started)
+                    ttft = ttft or token_times[-1]
+                    if first_token is not None:
+                        first_token.set()
+        return Result(ttft, time.perf_counter() - started, tokens, 200, prompt_tokens, tuple(token_times))
 
     def _head(self, method: str, path: str, length: int) -> bytes:
         return (

@@ -1,0 +1,162 @@
+"""The engine's memory and scheduling figures over HTTP: long prompts, repeated prefixes, prompts that arrive while
+others stream.
+
+    python -m bench.engine_figures                     # a local server on the built-in model
+    python -m bench.engine_figures --base-url URL      # a running endpoint
+
+Each figure is a ratio (or a time) measured in one run, printed with the hardware it ran on:
+- long prompt: TTFT of a lone ~1,300-token prompt on an idle server (median of 3, each prompt new).
+- prefix: TTFT of a ~1,500-token prompt whose first ~1,450 tokens were sent before ÷ a cold one of the same length.
+- joiner: TTFT of a short request while 12 streams with ~1,000-token prompts decode ÷ the same on an idle server.
+- stall: while 8 streams decode and a ~3,000-token prompt arrives, the longest gap between two tokens of a running
+  stream ÷ their median gap.
+- memory: KV bytes held ÷ KV bytes the live tokens need (read from the server's metrics, where it reports them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import random
+import statistics
+import sys
+
+from bench.client import Connection, Result
+from bench.local_server import local_server
+
+# Words of ordinary English: each becomes about one token, and random choices keep prompts from sharing prefixes.
+_WORDS = (
+    "model",
+    "server",
+    "token",
+    "batch",
+    "cache",
+    "prompt",
+    "stream",
+    "request",
+    "memory",
+    "block",
+    "latency",
+    "throughput",
+    "kernel",
+    "tensor",
+    "layer",
+    "cluster",
+    "replica",
+    "node",
+    "queue",
+    "answer",
+    "question",
+    "context",
+    "history",
+    "system",
+    "user",
+    "reasoning",
+    "policy",
+    "budget",
+    "chunk",
+    "step",
+)
+
+
+def text(words: int, seed: int) -> str:
+    chooser = random.Random(seed)
+    return " ".join(chooser.choice(_WORDS) for _ in range(words))
+
+
+class Figures:
+    def __init__(self, base_url: str, api_key: str | None, model: str) -> None:
+        self.base_url, self.api_key, self.model = base_url, api_key, model
+        self._seed = 0
+
+    def fresh(self, words: int) -> str:
+        self._seed += 1
+        return text(words, self._seed)
+
+    async def _one(self, prompt: str, max_tokens: int) -> Result:
+        connection = Connection(self.base_url, self.api_key)
+        try:
+            return await connection.chat_stream(self.model, prompt, max_tokens)
+        finally:
+            await connection.close()
+
+    async def long_prompt(self) -> tuple[float, int]:
+        results = [await self._one(self.fresh(1300), 4) for _ in range(3)]
+        return statistics.median(r.ttft for r in results), results[0].prompt_tokens
+
+    async def prefix(self) -> float:
+        ratios = []
+        for _ in range(3):
+            shared = self.fresh(1450)
+            cold = await self._one(f"{shared} {self.fresh(50)}", 4)
+            warm = await self._one(f"{shared} {self.fresh(50)}", 4)
+            ratios.append(warm.ttft / cold.ttft)
+        return statistics.median(ratios)
+
+    async def _while_streaming(self, streams: int, stream_words: int, probe_words: int) -> tuple[Result, list[Result]]:
+        """`streams` long-running streams; once every one of them is decoding, one probe request of `probe_words`."""
+        decoding = [asyncio.Event() for _ in range(streams)]
+
+        async def stream(index: int) -> Result:
+            connection = Connection(self.base_url, self.api_key)
+            try:
+                prompt = self.fresh(stream_words)
+                return await connection.chat_stream(self.model, prompt, 400, first_token=decoding[index])
+            finally:
+                await connection.close()
+
+        running = [asyncio.create_task(stream(index)) for index in range(streams)]
+        await asyncio.gather(*(event.wait() for event in decoding))
+        probe = await self._one(self.fresh(probe_words), 4)
+        return probe, list(await asyncio.gather(*running))
+
+    async def joiner(self) -> float:
+        idle = statistics.median([(await self._one(self.fresh(20), 4)).ttft for _ in range(3)])
+        probe, _ = await self._while_streaming(streams=12, stream_words=1000, probe_words=20)
+        return probe.ttft / idle
+
+    async def stall(self) -> float:
+        _, streams = await self._while_streaming(streams=8, stream_words=20, probe_words=3000)
+        gaps = [later - earlier for r in streams for earlier, later in itertools.pairwise(r.token_times)]
+        return max(gaps) / statistics.median(gaps)
+
+
+async def run(base_url: str, api_key: str | None, model: str | None) -> None:
+    if model is None:
+        listing = await Connection(base_url, api_key).get_json("/v1/models")
+        assert isinstance(listing, dict)
+        model = str(listing["data"][0]["id"])
+    figures = Figures(base_url, api_key, model)
+    await figures._one("warm up", 4)
+    long_ttft, long_tokens = await figures.long_prompt()
+    print(f"long prompt   lone TTFT of a {long_tokens}-token prompt: {long_ttft:.2f} s (target ≤ 0.4 s)", flush=True)
+    print(f"prefix        warm ÷ cold TTFT, ~1,500 tokens: {await figures.prefix():.2f} (target ≤ 0.2)", flush=True)
+    print(f"joiner        TTFT beside 12 long streams ÷ idle: {await figures.joiner():.2f} (target ≤ 3)", flush=True)
+    print(f"stall         longest ÷ median token gap, 3,000-token arrival: {await figures.stall():.2f} (target ≤ 4)")
+    print("memory        KV bytes held ÷ needed: not reported by this engine (it keeps one padded cache per batch)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.engine_figures", description=__doc__)
+    parser.add_argument("--base-url", help="measure this running endpoint instead of starting a local server")
+    parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="bearer key (env OPENAI_API_KEY)")
+    parser.add_argument("--model", help="model name (default: the first one /v1/models lists)")
+    parser.add_argument("--server-arg", action="append", default=[], help="extra flag for the local server")
+    args = parser.parse_args(argv)
+    if args.base_url:
+        print(f"endpoint: {args.base_url} (its hardware is the server's; not known here)")
+        asyncio.run(run(args.base_url, args.api_key, args.model))
+        return 0
+    from app.model import hardware
+
+    print(f"local server on the built-in model {' '.join(args.server_arg)}".rstrip())
+    print(hardware.describe())
+    with local_server(args.server_arg) as (base, _pid):
+        asyncio.run(run(base, None, None))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
