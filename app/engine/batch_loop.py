@@ -8,7 +8,8 @@ request got. Pure and synchronous: the engine worker process drives it; tests dr
 Chunked prefill: a prompt longer than `prefill_chunk_tokens` that arrives while other requests stream is prefilled
 a chunk per step, each step also decoding the running batch, so their tokens keep coming (one long prefill would
 stall every stream for its whole length). It joins the batch when its last chunk is in. On an idle loop a long
-prompt is prefilled whole: nobody is waiting on it, and one pass is the fastest way to its first token.
+prompt is prefilled whole (so is the rest of one whose streams all ended): nobody is waiting on it, and one pass is
+the fastest way to its first token.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ class BatchLoop:
         started = time.perf_counter()
         admitted = self._admit()
         if self._cpu_threads is not None:
-            prefilling = sum(len(row.prompt) for row in admitted) or (self._chunk_tokens if self._chunking else 0)
+            prefilling = sum(len(row.prompt) for row in admitted) or self._next_chunk_tokens()
             large = prefilling >= PARALLEL_PREFILL_TOKENS
             torch.set_num_threads(self._cpu_threads[0] if large else self._cpu_threads[1])
         if admitted:
@@ -144,9 +145,10 @@ class BatchLoop:
             kind, rows = "prefill", len(admitted)
         elif self._chunking is not None:
             # The running rows' token first, then the next chunk (its last one merges the row into the batch).
-            rows = len(self._running)
+            rows = len(self._running) + 1
+            chunk = self._next_chunk_tokens()
             outputs = self._decode() if self._running else []
-            outputs += self._prefill_chunk()
+            outputs += self._prefill_chunk(chunk)
             kind = "chunk"
         elif self._running:
             rows = len(self._running)
@@ -160,27 +162,39 @@ class BatchLoop:
         return outputs
 
     def _admit(self) -> list[_Row]:
+        """The waiting requests to prefill now as one group, in order, within the token budget. While others
+        stream, a prompt longer than a chunk is taken aside instead, to be prefilled a chunk a step (one such prompt
+        at a time; the next long one keeps its place for the slot, and shorter requests behind it go ahead)."""
         admitted: list[_Row] = []
         budget = self._prefill_budget
-        while self._waiting and self.running + len(admitted) < self._max_batch:
-            candidate = self._waiting[0]
-            if self._chunk_tokens and len(candidate.prompt) > self._chunk_tokens and (self.running or admitted):
-                if self._chunking is not None:
-                    break  # one chunked prefill at a time; it waits its turn, in order
-                self._chunking = self._waiting.popleft()
-                self._chunk_cache = DynamicCache(config=self._model.config)
+        for candidate in list(self._waiting):
+            if self.running + len(admitted) >= self._max_batch:
+                break
+            if self._chunk_tokens and len(candidate.prompt) > self._chunk_tokens and self._running:
+                if self._chunking is None:
+                    self._waiting.remove(candidate)
+                    self._chunking = candidate
+                    self._chunk_cache = DynamicCache(config=self._model.config)
                 continue
             if admitted and len(candidate.prompt) > budget:
                 break  # the next step prefills it; long prompts never starve the running batch for long
             budget -= len(candidate.prompt)
-            admitted.append(self._waiting.popleft())
+            self._waiting.remove(candidate)
+            admitted.append(candidate)
         return admitted
 
-    def _prefill_chunk(self) -> list[StepOutput]:
-        """The next chunk of the row being prefilled in chunks; after its last, the row joins the batch."""
+    def _next_chunk_tokens(self) -> int:
+        """Prompt tokens the chunked prefill takes this step: a chunk, or all that is left once nobody streams."""
+        if self._chunking is None:
+            return 0
+        left = len(self._chunking.prompt) - self._chunking.prefilled
+        return min(self._chunk_tokens, left) if self._running else left
+
+    def _prefill_chunk(self, tokens: int) -> list[StepOutput]:
+        """The next `tokens` of the row being prefilled in chunks; after its last, the row joins the batch."""
         row, cache = self._chunking, self._chunk_cache
         assert row is not None and cache is not None
-        start, end = row.prefilled, min(row.prefilled + self._chunk_tokens, len(row.prompt))
+        start, end = row.prefilled, row.prefilled + tokens
         output = self._model(
             input_ids=torch.tensor([row.prompt[start:end]], dtype=torch.long, device=self._device),
             position_ids=torch.arange(start, end, dtype=torch.long, device=self._device).unsqueeze(0),

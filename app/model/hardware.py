@@ -22,11 +22,12 @@ def cpu_capability() -> str:
 
 @cache
 def cpu_has_native_bf16() -> bool:
-    """True when bf16 matrix products run in hardware (AVX512-BF16 or AMX tiles), as torch's own checks say."""
+    """True when bf16 matrix products run in hardware: AVX512-BF16 or AMX tiles on x86 (torch's own checks, or the
+    kernel's CPU flags where this torch lacks them), the BF16 extension on Arm (e.g. Graviton3 and later)."""
     checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    if all(check is not None for check in checks):
-        return any(bool(check()) for check in checks if check is not None)
-    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())  # an older torch without the checks
+    if any(check is not None and bool(check()) for check in checks):
+        return True
+    return bool({"avx512_bf16", "amx_bf16", "bf16"} & _cpu_flags())
 
 
 def _cpu_flags() -> set[str]:

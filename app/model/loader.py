@@ -59,7 +59,8 @@ def resolve_device(setting: str) -> torch.device:
 
 def resolve_dtype(setting: str, device: torch.device) -> torch.dtype | str:
     """`auto`: the checkpoint's own dtype (bfloat16 for DeepSeek's checkpoints), except on a CPU whose bf16 is
-    emulated (no AVX512-BF16 or AMX): there float32, several times faster (bench/results/cpu-defaults-*.txt)."""
+    emulated (no AVX512-BF16, AMX or Arm BF16): there float32, several times faster but twice the weights' memory
+    (bench/results/cpu-defaults-*.txt); `--dtype bfloat16` keeps the memory where it is short."""
     if setting == "auto":
         if device.type == "cpu" and not hardware.cpu_has_native_bf16():
             return torch.float32

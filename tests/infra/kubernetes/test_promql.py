@@ -228,7 +228,8 @@ def _server_labels() -> set[str]:
 
 def _labels_used(query: str) -> set[str]:
     matchers = set(re.findall(r'(\w+)\s*(?:=~|!~|!=|=)\s*"', query))
-    grouped = {name.strip() for clause in re.findall(r"\bby\s*\(([^)]*)\)", query) for name in clause.split(",")}
+    clauses = re.findall(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)", query)
+    grouped = {name.strip() for clause in clauses for name in clause.split(",") if name.strip()}
     return matchers | grouped | set(re.findall(r"\$labels\.(\w+)", query))
 
 
