@@ -33,7 +33,7 @@ class Settings:
     max_batch_size: int = 32
     max_queue: int = 256
     max_model_len: int = 4096
-    prefill_chunk_tokens: int = 256
+    prefill_chunk_tokens: int | None = None  # None: by device (app.engine.worker.chunk_tokens)
     api_keys: tuple[str, ...] = ()
     # The pod's grace period must cover preStop pause + drain + a few seconds to close (the stack sets
     # terminationGracePeriodSeconds = preStop + drain + 5 s); 25 s keeps the whole shutdown near a minute at most.
@@ -162,7 +162,7 @@ OPTIONS: tuple[_Option, ...] = (
         "--prefill-chunk-tokens",
         "PREFILL_CHUNK_TOKENS",
         "a longer prompt that arrives while others stream is prefilled this many tokens a step, between their "
-        "tokens; 0: every prompt whole (default 256)",
+        "tokens; 0: every prompt whole (default: 256 on a CPU, 2048 on a GPU)",
         _int_at_least(0),
     ),
     _Option("api_keys", "--api-key", "API_KEYS", "comma-separated API keys; unset: no authentication", _keys),
@@ -230,7 +230,12 @@ def _check_consistency(settings: Settings) -> None:
         raise SettingsError("--dtype fp8 needs a CUDA GPU: use --dtype auto (or bfloat16/float32) with --device cpu")
 
 
-UNSET_MEANS = {"model": "the built-in model", "served_model_name": "the model value", "api_keys": "no keys"}
+UNSET_MEANS = {
+    "model": "the built-in model",
+    "served_model_name": "the model value",
+    "api_keys": "no keys",
+    "prefill_chunk_tokens": "by device",
+}
 
 
 def describe() -> str:

@@ -33,7 +33,18 @@ class WorkerSpec:
     weights: WeightsSpec
     max_batch_size: int
     log_level: str
-    prefill_chunk_tokens: int = 0
+    prefill_chunk_tokens: int | None = None
+
+
+# Chunked prefill's chunk by device, when --prefill-chunk-tokens is unset. CPU: measured (bench/results/
+# cpu-2core-avx2-engine-figures.txt: 256 and 128 alike, the stall then set by the padded batch). GPU: not measured
+# here (no GPU was lent); a 256-token chunk would leave most of a GPU idle each step, so 2048.
+DEFAULT_CHUNK_TOKENS = {"cpu": 256, "cuda": 2048}
+
+
+def chunk_tokens(setting: int | None, device_type: str) -> int:
+    """The chunk size the batch loop runs with: the setting, else the device's default."""
+    return setting if setting is not None else DEFAULT_CHUNK_TOKENS.get(device_type, DEFAULT_CHUNK_TOKENS["cuda"])
 
 
 def cpu_threads() -> tuple[int, int]:
@@ -57,15 +68,17 @@ def run_worker(inbox: Connection, outbox: Connection, spec: WorkerSpec) -> None:
     try:
         try:
             weights = load_weights(spec.weights, lambda text: send(Progress(text)))
-            threads = cpu_threads() if weights.model.device.type == "cpu" else None
+            device_type = weights.model.device.type
+            threads = cpu_threads() if device_type == "cpu" else None
+            chunk = chunk_tokens(spec.prefill_chunk_tokens, device_type)
             loop = BatchLoop(
                 weights.model,
                 weights.eos_token_ids,
                 spec.max_batch_size,
                 cpu_threads=threads,
-                prefill_chunk_tokens=spec.prefill_chunk_tokens,
+                prefill_chunk_tokens=chunk,
             )
-            _warm_up(loop, spec.max_batch_size, spec.prefill_chunk_tokens)
+            _warm_up(loop, spec.max_batch_size, chunk)
         except ModelLoadError as error:
             send(Failed(str(error)))
             return

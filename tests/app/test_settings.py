@@ -39,6 +39,7 @@ def test_defaults_when_nothing_is_set() -> None:
     assert settings.max_model_len == 4096
     assert settings.max_queue == 256
     assert settings.log_level == "info"
+    assert settings.prefill_chunk_tokens is None  # by device: app.engine.worker.chunk_tokens
 
 
 def test_default_batch_serves_32_concurrent_requests_together() -> None:

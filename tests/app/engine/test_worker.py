@@ -370,3 +370,10 @@ def test_a_request_the_loop_cannot_take_fails_alone(pipes: tuple[int, int, int, 
     assert [f.request_ids for f in failures] == [[2]] and "seed out of range" in failures[0].reason
     served = sorted(token[0] for message in received if isinstance(message, Step) for token in message.tokens)
     assert served == [1, 3]
+
+
+def test_the_prefill_chunk_follows_the_device_unless_set() -> None:
+    assert worker.chunk_tokens(None, "cpu") == 256
+    assert worker.chunk_tokens(None, "cuda") == 2048
+    assert worker.chunk_tokens(0, "cpu") == 0  # off: every prompt whole
+    assert worker.chunk_tokens(512, "cuda") == 512
