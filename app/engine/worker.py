@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from app.engine.batch_loop import BatchLoop
 from app.engine.messages import Add, Cancel, Failed, FailedRequests, FromEngine, Progress, Ready, Step
 from app.engine.types import SamplingParams
 from app.engine.wire import BlockingReader, write_all
+from app.model import hardware
 from app.model.loader import ModelLoadError, WeightsSpec, load_weights
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def chunk_tokens(setting: int | None, device_type: str) -> int:
 
 def cpu_threads() -> tuple[int, int]:
     """Torch threads for (prefill, decode) on a CPU: every core, and every core but the HTTP process's one."""
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    available = hardware.cpu_count()
     return available, max(1, available - 1)
 
 

@@ -15,6 +15,11 @@ from pathlib import Path
 import torch
 
 
+def cpu_count() -> int:
+    """The cores this process may run on (its affinity, e.g. a container's CPU set), not the host's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def cpu_capability() -> str:
     """The widest vector instruction set torch's CPU kernels use here: AVX2, AVX512, NO AVX, SVE256 …"""
     return str(torch.backends.cpu.get_cpu_capability())
@@ -53,9 +58,8 @@ def _cpu_model() -> str:
 
 def describe() -> str:
     """One line naming the hardware a figure was measured on."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     bf16 = "native bf16" if cpu_has_native_bf16() else "bf16 emulated"
-    line = f"CPU {_cpu_model()}, {cpus} cores, {cpu_capability()}, {bf16}, torch {torch.__version__}"
+    line = f"CPU {_cpu_model()}, {cpu_count()} cores, {cpu_capability()}, {bf16}, torch {torch.__version__}"
     if torch.cuda.is_available():
         line += f"; GPU {torch.cuda.get_device_name(0)} x {torch.cuda.device_count()}"
     return line

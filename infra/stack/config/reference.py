@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, NamedTuple, Union, get_args, get_ori
 
 import annotated_types
 from pydantic import BaseModel
-from pydantic.alias_generators import to_camel
+from pydantic.alias_generators import to_camel, to_snake
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
@@ -43,7 +43,7 @@ def documented_keys() -> Iterator[Key]:
         scalar = _key(_OTHER_KEYS.get(field, to_camel(field)), fields[field], _field_default(fields[field]))
         yield scalar._replace(default=_LOADER_DEFAULTS.get(field, scalar.default))
     for secret in SECRET_KEYS:
-        yield Key(secret, "secret string", "unset", _description(secret, fields[_snake(secret)]))
+        yield Key(secret, "secret string", "unset", _description(secret, fields[to_snake(secret)]))
     for name, field in OBJECT_KEYS.items():
         yield from _object_keys(name, fields[field], _field_default(fields[field]))
 
@@ -67,10 +67,6 @@ def _table(keys: Iterator[Key]) -> list[str]:
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|")
-
-
-def _snake(camel: str) -> str:
-    return "".join(f"_{char.lower()}" if char.isupper() else char for char in camel)
 
 
 # ------------------------------------------------------------------------------------------------ the field walk

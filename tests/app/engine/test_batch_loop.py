@@ -367,17 +367,25 @@ def test_an_idle_loop_steps_to_nothing(model: Any) -> None:
 CHUNK = 4
 
 
+def streaming_then(
+    model: Any, stream: list[int], stream_tokens: int, long: list[int], max_batch_size: int = 8, eos: int = 1
+) -> Driver:
+    """A chunking loop with one request already streaming (`stream`, its prefill stepped), then `long` added."""
+    driver = Driver(BatchLoop(model, {eos}, max_batch_size=max_batch_size, prefill_chunk_tokens=CHUNK))
+    driver.loop.add(0, stream, SamplingParams(max_tokens=stream_tokens, temperature=0.0, ignore_eos=eos == 1))
+    driver.step()
+    driver.loop.add(1, long, SamplingParams(max_tokens=N, temperature=0.0, ignore_eos=eos == 1))
+    return driver
+
+
 def test_a_long_prompt_arriving_while_others_stream_is_prefilled_a_chunk_a_step_between_their_tokens(
     model: Any, prompts: list[list[int]], reference: Reference
 ) -> None:
     long = prompts[2]
     chunks = math.ceil(len(long) / CHUNK)
     assert chunks >= 3
-    loop = BatchLoop(model, {1}, max_batch_size=8, prefill_chunk_tokens=CHUNK)
-    driver = Driver(loop)
-    loop.add(0, prompts[0], greedy(max_tokens=N + chunks))  # streams for longer than the chunks take
-    driver.step()
-    loop.add(1, long, greedy())
+    driver = streaming_then(model, prompts[0], N + chunks, long)  # it streams for longer than the chunks take
+    loop = driver.loop
 
     for chunk in range(chunks):
         before = len(driver.tokens(0))
@@ -410,11 +418,8 @@ def test_on_an_idle_loop_a_long_prompt_is_prefilled_whole(
 def test_one_prompt_is_prefilled_in_chunks_at_a_time_and_shorter_requests_go_ahead_of_the_next(
     model: Any, prompts: list[list[int]], reference: Reference
 ) -> None:
-    loop = BatchLoop(model, {1}, max_batch_size=8, prefill_chunk_tokens=CHUNK)
-    driver = Driver(loop)
-    loop.add(0, prompts[5], greedy(max_tokens=3 * N))
-    driver.step()
-    loop.add(1, prompts[2], greedy())
+    driver = streaming_then(model, prompts[5], 3 * N, prompts[2])
+    loop = driver.loop
     loop.add(2, prompts[4], greedy())  # long too: waits for the chunk slot, keeping its place
     loop.add(3, prompts[0], greedy())  # short: not held up behind the long ones
 
@@ -452,11 +457,8 @@ def test_a_burst_of_long_prompts_on_an_idle_loop_is_prefilled_together_whole(
 def test_when_the_streams_end_mid_chunks_the_rest_is_prefilled_in_one_pass(
     model: Any, prompts: list[list[int]], reference: Reference
 ) -> None:
-    loop = BatchLoop(model, {1}, max_batch_size=8, prefill_chunk_tokens=CHUNK)
-    driver = Driver(loop)
-    loop.add(0, prompts[5], greedy(max_tokens=2))  # its last token comes with the first chunk step
-    driver.step()
-    loop.add(1, prompts[2], greedy())
+    driver = streaming_then(model, prompts[5], 2, prompts[2])  # its last token comes with the first chunk step
+    loop = driver.loop
     assert math.ceil(len(prompts[2]) / CHUNK) >= 3
 
     driver.step()
@@ -472,11 +474,7 @@ def test_a_chunked_prompt_whose_first_token_ends_it_leaves_the_others_streaming(
 ) -> None:
     eos = reference(2)[0]  # the long prompt's first greedy token: declared end-of-sequence here
     assert eos not in reference(0)[:N]
-    loop = BatchLoop(model, {eos}, max_batch_size=8, prefill_chunk_tokens=CHUNK)
-    driver = Driver(loop)
-    loop.add(0, prompts[0], SamplingParams(max_tokens=N, temperature=0.0))
-    driver.step()
-    loop.add(1, prompts[2], SamplingParams(max_tokens=N, temperature=0.0))
+    driver = streaming_then(model, prompts[0], N, prompts[2], eos=eos)
     driver.run()
 
     assert driver.finishes(1) == [FinishReason.STOP] and driver.outputs[1][0].is_eos
@@ -486,11 +484,8 @@ def test_a_chunked_prompt_whose_first_token_ends_it_leaves_the_others_streaming(
 def test_cancelling_a_request_during_its_chunked_prefill_frees_its_slot(
     model: Any, prompts: list[list[int]], reference: Reference
 ) -> None:
-    loop = BatchLoop(model, {1}, max_batch_size=2, prefill_chunk_tokens=CHUNK)
-    driver = Driver(loop)
-    loop.add(0, prompts[5], greedy(max_tokens=3 * N))
-    driver.step()
-    loop.add(1, prompts[2], greedy())
+    driver = streaming_then(model, prompts[5], 3 * N, prompts[2], max_batch_size=2)
+    loop = driver.loop
     driver.step()
     assert loop.running == 2
 

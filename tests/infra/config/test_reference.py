@@ -103,10 +103,8 @@ def test_a_field_without_a_description_is_refused_by_name() -> None:
         documented: int = Field(1, description="has one")
         silent: int = 2
 
-    infos: dict[str, FieldInfo] = Undocumented.model_fields
     with pytest.raises(ValueError, match=r"stack config key demo\.silent has no Field\(description=\.\.\.\)"):
         list(reference._object_keys("demo", FieldInfo(annotation=Undocumented, description="d"), Undocumented()))
-    assert infos["documented"].description == "has one"
 
 
 def test_a_pipe_in_a_description_does_not_split_the_table_row() -> None:
