@@ -14,6 +14,7 @@ from typing import Literal
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from app.engine.client import EngineObserver
+from app.engine.types import KVStats
 
 TTFT_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1)
@@ -53,6 +54,18 @@ TIME_TO_FIRST_TOKEN = MetricSpec("deepseek_time_to_first_token_seconds", "histog
 INTER_TOKEN_LATENCY = MetricSpec(
     "deepseek_inter_token_latency_seconds", "histogram", "gap between consecutive tokens of one request"
 )
+KV_CACHE_USAGE = MetricSpec(
+    "deepseek_kv_cache_usage_perc", "gauge", "fraction of the KV cache's blocks held by live sequences (0 to 1)"
+)
+PREFIX_CACHE_QUERIES = MetricSpec(
+    "deepseek_prefix_cache_queries_total", "counter", "prompt tokens looked up in the prefix cache at admission"
+)
+PREFIX_CACHE_HITS = MetricSpec(
+    "deepseek_prefix_cache_hits_total", "counter", "prompt tokens found in the prefix cache (not recomputed)"
+)
+PREEMPTIONS = MetricSpec(
+    "deepseek_num_preemptions_total", "counter", "sequences sent back to the queue because the KV cache was full"
+)
 PROMPT_TOKENS = MetricSpec("deepseek_prompt_tokens_total", "counter", "prompt tokens of accepted requests")
 GENERATION_TOKENS = MetricSpec("deepseek_generation_tokens_total", "counter", "generated tokens")
 
@@ -60,6 +73,10 @@ METRICS = (
     WAITING,
     RUNNING,
     BATCH_SIZE,
+    KV_CACHE_USAGE,
+    PREFIX_CACHE_QUERIES,
+    PREFIX_CACHE_HITS,
+    PREEMPTIONS,
     REQUESTS,
     E2E_LATENCY,
     TIME_TO_FIRST_TOKEN,
@@ -103,9 +120,16 @@ class Metrics(EngineObserver):
         self._itl = histogram(INTER_TOKEN_LATENCY, ITL_BUCKETS)
         self._prompt_tokens = counter(PROMPT_TOKENS)
         self._generation_tokens = counter(GENERATION_TOKENS)
+        self._kv_usage = gauge(KV_CACHE_USAGE)
+        self._prefix_queries = counter(PREFIX_CACHE_QUERIES)
+        self._prefix_hits = counter(PREFIX_CACHE_HITS)
+        self._preemptions = counter(PREEMPTIONS)
+        self._kv_seen = KVStats(0.0, 0, 0, 0)
         self._model = model_name
-        for zeroed in (self._waiting, self._running, self._batch, self._loaded):
+        for zeroed in (self._waiting, self._running, self._batch, self._loaded, self._kv_usage):
             zeroed.labels(model_name).set(0)
+        for started in (self._prefix_queries, self._prefix_hits, self._preemptions):
+            started.labels(model_name)  # exposed at 0 before the first request, as rate() needs
 
     # EngineObserver hooks, called on the event loop as steps arrive from the engine process
     def on_queue(self, waiting: int, running: int) -> None:
@@ -114,6 +138,18 @@ class Metrics(EngineObserver):
 
     def on_step(self, rows: int) -> None:
         self._batch.labels(self._model).set(rows)
+
+    def on_kv(self, stats: KVStats) -> None:
+        """The engine reports cumulative counts; the counters advance by what is new since its last report."""
+        seen, self._kv_seen = self._kv_seen, stats
+        self._kv_usage.labels(self._model).set(stats.usage)
+        for counter, now, before in (
+            (self._prefix_queries, stats.prefix_queries, seen.prefix_queries),
+            (self._prefix_hits, stats.prefix_hits, seen.prefix_hits),
+            (self._preemptions, stats.preemptions, seen.preemptions),
+        ):
+            if now > before:
+                counter.labels(self._model).inc(now - before)
 
     def on_first_token(self, seconds: float) -> None:
         self._ttft.labels(self._model).observe(seconds)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.engine.client import EngineClient
-from app.engine.worker import WorkerSpec
+from app.engine.worker import KVCacheSpec, WorkerSpec
 from app.metrics import Metrics
 from app.model.loader import ModelLoadError, WeightsSpec, load_tokenizer, resolve_source
 from app.settings import Settings
@@ -77,6 +77,12 @@ class Runtime:
                 max_batch_size=settings.max_batch_size,
                 log_level=settings.log_level,
                 prefill_chunk_tokens=settings.prefill_chunk_tokens,
+                kv_cache=KVCacheSpec(
+                    settings.kv_cache_memory,
+                    settings.kv_cache_memory_fraction,
+                    settings.enable_prefix_caching,
+                    settings.block_size,
+                ),
             )
             self._engine = EngineClient(spec, tokenizer, settings.max_queue, observer=self.metrics)
             if self._closed:  # shut down before the engine was spawned (close() may not have seen it)

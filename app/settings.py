@@ -34,6 +34,10 @@ class Settings:
     max_queue: int = 256
     max_model_len: int = 4096
     prefill_chunk_tokens: int | None = None  # None: by device (app.engine.worker.chunk_tokens)
+    kv_cache_memory: int | None = None  # bytes; None: a fraction of the memory free after loading
+    kv_cache_memory_fraction: float | None = None  # None: by device (app.engine.worker.KV_CACHE_FRACTION)
+    enable_prefix_caching: bool = True
+    block_size: int = 16
     api_keys: tuple[str, ...] = ()
     # The pod's grace period must cover preStop pause + drain + a few seconds to close (the stack sets
     # terminationGracePeriodSeconds = preStop + drain + 5 s); 25 s keeps the whole shutdown near a minute at most.
@@ -105,6 +109,49 @@ def _non_empty(raw: str) -> str:
     return value
 
 
+_SIZE_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?", re.IGNORECASE)
+
+
+def _bytes(raw: str) -> int:
+    """A memory size: bytes, or with a unit as Kubernetes and vLLM users write them (8GiB, 8Gi, 512MB, 2G)."""
+    match = _SIZE.fullmatch(raw.strip())
+    if match is None:
+        raise SettingsError(f"expected a size such as 8GiB, 512MiB or a number of bytes, got {raw!r}")
+    number, unit, binary = float(match[1]), match[2].lower(), bool(match[3])
+    scale = 1024 ** " kmgt".index(unit) if binary and unit else _SIZE_UNITS[unit]
+    value = int(number * scale)
+    if value < 1024**2:
+        raise SettingsError(f"expected at least 1MiB, got {raw!r}")
+    return value
+
+
+def _fraction(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise SettingsError(f"expected a fraction between 0 and 1, got {raw!r}") from None
+    if not 0 < value <= 1:
+        raise SettingsError(f"expected a fraction above 0 and at most 1, got {raw!r}")
+    return value
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise SettingsError(f"expected true or false, got {raw!r}")
+
+
+def _block_size(raw: str) -> int:
+    value = _int_at_least(1)(raw)
+    if value > 256 or value & (value - 1):
+        raise SettingsError(f"expected a power of two from 1 to 256, got {value}")
+    return value
+
+
 def _keys(raw: str) -> tuple[str, ...]:
     keys = tuple(key.strip() for key in raw.split(",") if key.strip())
     if not keys:
@@ -164,6 +211,35 @@ OPTIONS: tuple[_Option, ...] = (
         "a longer prompt that arrives while others stream is prefilled this many tokens a step, between their "
         "tokens; 0: every prompt whole (default: 256 on a CPU, 2048 on a GPU)",
         _int_at_least(0),
+    ),
+    _Option(
+        "kv_cache_memory",
+        "--kv-cache-memory",
+        "KV_CACHE_MEMORY",
+        "memory for the KV cache, e.g. 8GiB (default: --kv-cache-memory-fraction of the memory free after loading)",
+        _bytes,
+    ),
+    _Option(
+        "kv_cache_memory_fraction",
+        "--kv-cache-memory-fraction",
+        "KV_CACHE_MEMORY_FRACTION",
+        "share of the memory free after the weights load that the KV cache takes, when --kv-cache-memory is unset "
+        "(default: 0.9 of a GPU's, 0.5 of a CPU machine's available memory)",
+        _fraction,
+    ),
+    _Option(
+        "enable_prefix_caching",
+        "--enable-prefix-caching",
+        "ENABLE_PREFIX_CACHING",
+        "reuse the KV blocks of a prompt prefix seen before instead of recomputing them: true or false (default true)",
+        _bool,
+    ),
+    _Option(
+        "block_size",
+        "--block-size",
+        "BLOCK_SIZE",
+        "tokens per KV-cache block, the unit of allocation and of prefix reuse (default 16)",
+        _block_size,
     ),
     _Option("api_keys", "--api-key", "API_KEYS", "comma-separated API keys; unset: no authentication", _keys),
     _Option(
@@ -235,6 +311,8 @@ UNSET_MEANS = {
     "served_model_name": "the model value",
     "api_keys": "no keys",
     "prefill_chunk_tokens": "by device",
+    "kv_cache_memory": "by fraction",
+    "kv_cache_memory_fraction": "by device",
 }
 
 

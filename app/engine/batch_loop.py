@@ -1,35 +1,53 @@
-"""Continuous batching, one step at a time: requests join the running batch between steps and leave the moment
+"""Continuous batching over a paged KV cache, one step at a time: requests join between steps and leave the moment
 they finish.
 
-Each `step()` either prefills the requests that are waiting (one left-padded group, within a token budget) and
-merges them into the running batch, or decodes one token for every running request. It returns the token each
-request got. Pure and synchronous: the engine worker process drives it; tests drive it directly.
+Each `step()` runs one forward pass over every scheduled sequence, flattened (paged_attention.py): a token for each
+running request, the prompts admitted this step (within a token budget), and the next chunk of a prompt being
+prefilled in chunks. It returns the token each request got. Pure and synchronous: the engine worker process drives
+it; tests drive it directly.
 
-Chunked prefill: a prompt longer than `prefill_chunk_tokens` that arrives while other requests stream is prefilled
-a chunk per step, each step also decoding the running batch, so their tokens keep coming (one long prefill would
-stall every stream for its whole length). It joins the batch when its last chunk is in. On an idle loop a long
-prompt is prefilled whole (so is the rest of one whose streams all ended): nobody is waiting on it, and one pass is
-the fastest way to its first token.
+KV memory is a pool of fixed-size blocks (kv_blocks.py): a sequence holds the blocks its tokens fill, and a prompt
+that starts with blocks another request computed takes them instead of recomputing them (prefix caching). A request
+waits in the queue while the blocks it needs are taken, and is never failed for it. When a running sequence needs a
+block and none is left, the most recently admitted sequence is preempted: it lets go of its blocks and goes back to
+the head of the queue with every token it has so far, to be prefilled again (mostly from the prefix cache) and
+carry on where it stopped.
+
+Chunked prefill: a prompt longer than `prefill_chunk_tokens` that arrives while other requests stream is prefilled a
+chunk per step beside their tokens, so they keep coming (one long prefill would stall every stream for its whole
+length). On an idle loop a long prompt is prefilled whole (so is the rest of one whose streams all ended): nobody is
+waiting on it, and one pass is the fastest way to its first token.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import DynamicCache
 
-from app.engine.kv_batch import KVBatch
+from app.engine.kv_blocks import BlockPool, block_hash
+from app.engine.paged_attention import (
+    LAYOUT_KWARG,
+    KVPool,
+    PagedCache,
+    Segment,
+    ShapeProbe,
+    StepLayout,
+    bytes_per_token,
+    paged_attention_on,
+)
 from app.engine.sampling import make_generator, sample_next_tokens
-from app.engine.types import FinishReason, SamplingParams
+from app.engine.types import FinishReason, KVStats, SamplingParams
 
-# Prefills of at least this many tokens (all prompts of the group together) use every core on a CPU. Measured on
-# 2 cores: 32 prompts of 28 tokens prefill in ~25 ms on two threads against ~35 ms on one; one such prompt is
-# faster on one thread.
+# Steps that prefill at least this many tokens use every core on a CPU. Measured on 2 cores: 32 prompts of 28
+# tokens prefill in ~25 ms on two threads against ~35 ms on one; one such prompt is faster on one thread.
 PARALLEL_PREFILL_TOKENS = 256
+
+BLOCK_SIZE = 16  # tokens per KV block: vLLM's default; a sequence wastes under one block
+DEFAULT_KV_CACHE_TOKENS = 65536  # when neither a token count nor a byte budget is given (tests, benchmarks)
 
 
 @dataclass(frozen=True)
@@ -45,19 +63,19 @@ class StepOutput:
 @dataclass
 class _Row:
     request_id: int
-    prompt: list[int]
+    tokens: list[int]  # the prompt, then every token produced so far
     params: SamplingParams
     generator: torch.Generator | None
     generated: int = 0
-    next_token: int = 0
-    position: int = 0  # the position id of next_token
+    computed: int = 0  # leading tokens whose keys and values are in the pool
+    blocks: list[int] = field(default_factory=list)
+    hashes: list[bytes] = field(default_factory=list)  # the names of its full, computed blocks, in order
     done: bool = False
-    prefilled: int = 0  # prompt tokens already in the cache while it is prefilled in chunks
 
 
 @dataclass(frozen=True)
 class StepStats:
-    kind: str = "idle"  # prefill, decode or idle
+    kind: str = "idle"  # prefill (new prompts admitted), chunk (a prompt chunk, no new prompt), decode or idle
     rows: int = 0
     seconds: float = 0.0
 
@@ -71,25 +89,57 @@ class BatchLoop:
         prefill_token_budget: int = 8192,
         cpu_threads: tuple[int, int] | None = None,
         prefill_chunk_tokens: int = 0,
+        kv_cache_tokens: int | None = None,
+        kv_cache_bytes: int | None = None,
+        prefix_caching: bool = True,
+        block_size: int = BLOCK_SIZE,
     ) -> None:
         self._model = model
         self._device: torch.device = model.device
         self._eos = eos_token_ids
-        self._pad = 0  # any id in the vocabulary: padded positions are masked out
         self._max_batch = max_batch_size
         self._prefill_budget = prefill_token_budget
         self._waiting: deque[_Row] = deque()
-        self._running: list[_Row] = []
-        self._batch: KVBatch | None = None
-        # 0: every prompt is prefilled whole. Otherwise the row being prefilled in chunks and its own cache.
+        self._running: list[_Row] = []  # in admission order: the last is the first to be preempted
+        # 0: every prompt is prefilled whole. Otherwise the row being prefilled a chunk a step.
         self._chunk_tokens = prefill_chunk_tokens
         self._chunking: _Row | None = None
-        self._chunk_cache: DynamicCache | None = None
         # (large prefill, other steps) torch threads on a CPU. A large prefill is compute-bound and runs while the
         # HTTP process mostly waits, so it gets every core; other steps are small, gain nothing from a second
         # thread (a lone prompt's prefill got slower), and leave a core to the HTTP process, which streams tokens.
         self._cpu_threads = cpu_threads
+        shapes, dtype = self._probe()
+        self.kv_bytes_per_token = bytes_per_token(shapes, dtype)
+        if kv_cache_tokens is None:
+            kv_cache_tokens = kv_cache_bytes // self.kv_bytes_per_token if kv_cache_bytes else DEFAULT_KV_CACHE_TOKENS
+        self._block_size = block_size
+        num_blocks = kv_cache_tokens // block_size + 1  # and the pad block
+        self._blocks = BlockPool(num_blocks, block_size, prefix_caching)
+        self._pool = KVPool(shapes, num_blocks * block_size, dtype, self._device)
+        self._prefix_queries = self._prefix_hits = self._preemptions = 0
         self.last = StepStats()
+
+    @property
+    def kv_cache_tokens(self) -> int:
+        return self._blocks.usable_blocks * self._block_size
+
+    @property
+    def kv(self) -> KVStats:
+        return KVStats(self._blocks.usage, self._prefix_queries, self._prefix_hits, self._preemptions)
+
+    @property
+    def prefix_caching(self) -> bool:
+        return self._blocks.prefix_caching
+
+    def restart_counters(self) -> None:
+        """Zero the cumulative counters and forget cached prefixes (after the warm-up, before serving)."""
+        assert self.idle
+        self._blocks.clear()
+        self._prefix_queries = self._prefix_hits = self._preemptions = 0
+
+    @property
+    def kv_bytes_held(self) -> int:
+        return self._blocks.used_blocks * self._block_size * self.kv_bytes_per_token
 
     @property
     def waiting(self) -> int:
@@ -105,27 +155,34 @@ class BatchLoop:
         return not self._waiting and not self._running and self._chunking is None
 
     def add(self, request_id: int, prompt: list[int], params: SamplingParams) -> None:
-        self._waiting.append(_Row(request_id, prompt, params, make_generator(params)))
+        needed = len(prompt) + params.max_tokens
+        if needed > self.kv_cache_tokens:
+            raise ValueError(
+                f"the request needs {needed} tokens of KV cache (prompt and max_tokens), more than the whole cache "
+                f"holds ({self.kv_cache_tokens}): raise --kv-cache-memory or lower --max-model-len"
+            )
+        self._waiting.append(_Row(request_id, list(prompt), params, make_generator(params)))
 
     def reset(self) -> list[int]:
-        """Drop every request (after a failed step left the batch in an unknown state); return their ids."""
+        """Drop every request (after a failed step left the pool in an unknown state); return their ids."""
         dropped = [row.request_id for row in (*self._running, *self._waiting)]
         if self._chunking is not None:
             dropped.append(self._chunking.request_id)
         self._waiting.clear()
         self._running = []
-        self._batch = None
-        self._chunking, self._chunk_cache = None, None
+        self._chunking = None
+        self._blocks.clear()
         return dropped
 
     def cancel(self, request_id: int) -> None:
-        """Forget a request: dropped from the queue now, or from the batch before the next step."""
+        """Forget a request: dropped from the queue, or from the batch with its blocks released, now."""
         for row in self._waiting:
             if row.request_id == request_id:
                 self._waiting.remove(row)
                 return
         if self._chunking is not None and self._chunking.request_id == request_id:
-            self._chunking, self._chunk_cache = None, None  # its cache goes with it
+            self._release(self._chunking)
+            self._chunking = None
             return
         for row in self._running:
             if row.request_id == request_id:
@@ -135,132 +192,182 @@ class BatchLoop:
     @torch.inference_mode()
     def step(self) -> list[StepOutput]:
         started = time.perf_counter()
-        admitted = self._admit()
-        if self._cpu_threads is not None:
-            prefilling = sum(len(row.prompt) for row in admitted) or self._next_chunk_tokens()
-            large = prefilling >= PARALLEL_PREFILL_TOKENS
-            torch.set_num_threads(self._cpu_threads[0] if large else self._cpu_threads[1])
-        if admitted:
-            outputs = self._prefill(admitted)
-            kind, rows = "prefill", len(admitted)
-        elif self._chunking is not None:
-            # The running rows' token first, then the next chunk (its last one merges the row into the batch).
-            rows = len(self._running) + 1
-            chunk = self._next_chunk_tokens()
-            outputs = self._decode() if self._running else []
-            outputs += self._prefill_chunk(chunk)
-            kind = "chunk"
-        elif self._running:
-            rows = len(self._running)
-            outputs = self._decode()
-            kind = "decode"
-        else:
+        plan, kind = self._schedule()
+        if not plan:
             self.last = StepStats()
             return []
+        if self._cpu_threads is not None:
+            prefilling = sum(length for _, length in plan if length > 1)
+            large = prefilling >= PARALLEL_PREFILL_TOKENS
+            torch.set_num_threads(self._cpu_threads[0] if large else self._cpu_threads[1])
+        outputs = self._forward(plan)
         self._drop_finished()
-        self.last = StepStats(kind, rows, time.perf_counter() - started)
+        self.last = StepStats(kind, len(plan), time.perf_counter() - started)
         return outputs
 
-    def _admit(self) -> list[_Row]:
-        """The waiting requests to prefill now as one group, in order, within the token budget. While others
+    # --- scheduling -----------------------------------------------------------------------------------------------
+
+    def _schedule(self) -> tuple[list[tuple[_Row, int]], str]:
+        """What this step computes, as (row, new tokens) pairs: a token for each running row, the next chunk of the
+        chunking row, then the prompts admitted now. Preempts rows when the running ones need blocks."""
+        plan: list[tuple[_Row, int]] = []
+        preempted = self._preemptions
+        for row in list(self._running):
+            if row in self._running and self._reserve(row, row.computed + 1):
+                plan.append((row, 1))
+        kind = "decode"
+        chunking = self._chunking
+        if chunking is not None:
+            left = len(chunking.tokens) - chunking.computed
+            tokens = min(self._chunk_tokens, left) if self._running else left
+            if self._reserve(chunking, chunking.computed + tokens, preempt=False):
+                plan.append((chunking, tokens))
+                kind = "chunk"
+        if self._preemptions == preempted:  # blocks just ran out: admitting now would only preempt again
+            whole, chunk_start = self._admit()
+            if chunk_start:
+                plan.append(chunk_start)
+                kind = "chunk"
+            if whole:
+                plan.extend(whole)
+                kind = "prefill"
+        return plan, kind
+
+    def _admit(self) -> tuple[list[tuple[_Row, int]], tuple[_Row, int] | None]:
+        """The waiting requests to prefill now, in order, within the token budget and the free blocks. While others
         stream, a prompt longer than a chunk is taken aside instead, to be prefilled a chunk a step (one such prompt
-        at a time; the next long one keeps its place for the slot, and shorter requests behind it go ahead)."""
-        admitted: list[_Row] = []
+        at a time; the next long one keeps its place for the slot, and shorter requests behind it go ahead).
+        Returns the prompts prefilled whole, and the first chunk of a prompt taken aside."""
+        admitted: list[tuple[_Row, int]] = []
+        chunk_start: tuple[_Row, int] | None = None
         budget = self._prefill_budget
         for candidate in list(self._waiting):
             if self.running + len(admitted) >= self._max_batch:
                 break
-            if self._chunk_tokens and len(candidate.prompt) > self._chunk_tokens and self._running:
-                if self._chunking is None:
-                    self._waiting.remove(candidate)
+            cached = self._blocks.cached_prefix(candidate.tokens)
+            to_compute = len(candidate.tokens) - len(cached) * self._block_size
+            streaming = bool(self._running)
+            if self._chunk_tokens and to_compute > self._chunk_tokens and streaming:
+                if self._chunking is None and self._take(candidate, cached, self._chunk_tokens):
                     self._chunking = candidate
-                    self._chunk_cache = DynamicCache(config=self._model.config)
+                    chunk_start = (candidate, self._chunk_tokens)
                 continue
-            if admitted and len(candidate.prompt) > budget:
+            if admitted and to_compute > budget:
                 break  # the next step prefills it; long prompts never starve the running batch for long
-            budget -= len(candidate.prompt)
-            self._waiting.remove(candidate)
-            admitted.append(candidate)
-        return admitted
+            if not self._take(candidate, cached, to_compute):
+                break  # first come, first served: it waits for blocks, and so does everyone behind it
+            budget -= to_compute
+            admitted.append((candidate, to_compute))
+        return admitted, chunk_start
 
-    def _next_chunk_tokens(self) -> int:
-        """Prompt tokens the chunked prefill takes this step: a chunk, or all that is left once nobody streams."""
-        if self._chunking is None:
-            return 0
-        left = len(self._chunking.prompt) - self._chunking.prefilled
-        return min(self._chunk_tokens, left) if self._running else left
+    def _take(self, row: _Row, cached: list[tuple[int, bytes]], first_tokens: int) -> bool:
+        """Move a waiting row into the batch with its cached prefix and the blocks for its first `first_tokens`."""
+        blocks = [block for block, _ in cached]
+        start = len(blocks) * self._block_size
+        needed = self._blocks.blocks_for(start + first_tokens) - len(blocks)
+        if needed > self._blocks.available_besides(blocks):
+            return False
+        self._blocks.share(blocks)
+        fresh = self._blocks.allocate(needed)
+        assert fresh is not None
+        row.blocks, row.hashes, row.computed = blocks + fresh, [name for _, name in cached], start
+        self._prefix_queries += len(row.tokens)
+        self._prefix_hits += start
+        self._waiting.remove(row)
+        return True
 
-    def _prefill_chunk(self, tokens: int) -> list[StepOutput]:
-        """The next `tokens` of the row being prefilled in chunks; after its last, the row joins the batch."""
-        row, cache = self._chunking, self._chunk_cache
-        assert row is not None and cache is not None
-        start, end = row.prefilled, row.prefilled + tokens
-        output = self._model(
-            input_ids=torch.tensor([row.prompt[start:end]], dtype=torch.long, device=self._device),
-            position_ids=torch.arange(start, end, dtype=torch.long, device=self._device).unsqueeze(0),
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        row.prefilled = end
-        if end < len(row.prompt):
-            return []
-        self._chunking, self._chunk_cache = None, None
-        (token,) = sample_next_tokens(output.logits[:, -1, :], [row.params], [row.generator])
-        self._join([row], KVBatch(cache, torch.ones((1, end), dtype=torch.long, device=self._device)))
-        return [self._accept(row, token)]
+    def _reserve(self, row: _Row, tokens: int, preempt: bool = True) -> bool:
+        """Blocks for the row's first `tokens` tokens, preempting later rows if need be (or the row itself, when
+        it is the latest); False if the row cannot run this step."""
+        needed = self._blocks.blocks_for(tokens) - len(row.blocks)
+        while needed > self._blocks.available:
+            if not preempt:
+                return False
+            victim = self._victim()
+            self._preempt(victim)
+            if victim is row:
+                return False
+        if needed > 0:
+            fresh = self._blocks.allocate(needed)
+            assert fresh is not None
+            row.blocks.extend(fresh)
+        return True
 
-    def _prefill(self, group: list[_Row]) -> list[StepOutput]:
-        width = max(len(r.prompt) for r in group)
-        ids = torch.full((len(group), width), self._pad, dtype=torch.long)
-        mask = torch.zeros((len(group), width), dtype=torch.long)
-        for index, row in enumerate(group):
-            ids[index, width - len(row.prompt) :] = torch.tensor(row.prompt)
-            mask[index, width - len(row.prompt) :] = 1
-        ids, mask = ids.to(self._device), mask.to(self._device)
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        output = self._model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            cache=DynamicCache(config=self._model.config),
-            use_cache=True,
-            logits_to_keep=1,  # only the last position is sampled; every position's logits would dwarf the prefill
-        )
-        tokens = sample_next_tokens(output.logits[:, -1, :], [r.params for r in group], [r.generator for r in group])
-        self._join(group, KVBatch(output.cache, mask))
-        return [self._accept(row, token) for row, token in zip(group, tokens, strict=True)]
+    def _victim(self) -> _Row:
+        """The row to preempt: the one being prefilled in chunks, else the most recently admitted."""
+        return self._chunking if self._chunking is not None else self._running[-1]
 
-    def _join(self, group: list[_Row], joined: KVBatch) -> None:
-        """Freshly prefilled rows (and their cache) join the running batch, after the rows already in it."""
-        if self._batch is None or not self._running:
-            self._batch = joined
+    def _preempt(self, row: _Row) -> None:
+        self._release(row)
+        if row is self._chunking:
+            self._chunking = None
         else:
-            self._batch.merge(joined)
-        for row in group:
-            row.position = len(row.prompt)
-        self._running.extend(group)
+            self._running.remove(row)
+        self._waiting.appendleft(row)  # the head of the queue: its tokens so far are prefilled again, then it goes on
+        self._preemptions += 1
 
-    def _decode(self) -> list[StepOutput]:
-        batch = self._batch
-        assert batch is not None
-        ids = torch.tensor([[r.next_token] for r in self._running], dtype=torch.long, device=self._device)
-        positions = torch.tensor([[r.position] for r in self._running], dtype=torch.long, device=self._device)
-        output = self._model(
-            input_ids=ids,
-            attention_mask=batch.extend_mask(),
-            position_ids=positions,
-            cache=batch.cache,
-            use_cache=True,
-        )
-        rows = self._running
-        tokens = sample_next_tokens(output.logits[:, -1, :], [r.params for r in rows], [r.generator for r in rows])
-        for row in rows:
-            row.position += 1
-        return [self._accept(row, token) for row, token in zip(rows, tokens, strict=True)]
+    def _release(self, row: _Row) -> None:
+        self._blocks.release(row.blocks)
+        row.blocks, row.hashes, row.computed = [], [], 0
+
+    # --- the forward pass -----------------------------------------------------------------------------------------
+
+    def _forward(self, plan: list[tuple[_Row, int]]) -> list[StepOutput]:
+        segments: list[Segment] = []
+        ids: list[int] = []
+        positions: list[int] = []
+        sampled: list[_Row] = []
+        last_index: list[int] = []
+        offset = 0
+        for row, length in plan:
+            end = row.computed + length
+            segments.append(Segment(self._slots(row, end), length))
+            ids.extend(row.tokens[row.computed : end])
+            positions.extend(range(row.computed, end))
+            offset += length
+            if end == len(row.tokens):  # its whole context is in: the logits give its next token
+                sampled.append(row)
+                last_index.append(offset - 1)
+        layout = StepLayout(segments, self._device)
+        with paged_attention_on(self._model):
+            output = self._model(
+                input_ids=torch.tensor([ids], dtype=torch.long, device=self._device),
+                position_ids=torch.tensor([positions], dtype=torch.long, device=self._device),
+                cache=PagedCache(self._pool, layout),
+                use_cache=True,
+                logits_to_keep=torch.tensor(last_index, dtype=torch.long, device=self._device),
+                **{LAYOUT_KWARG: layout},
+            )
+        for row, length in plan:
+            row.computed += length
+            self._register_full_blocks(row)
+        outputs: list[StepOutput] = []
+        if sampled:
+            tokens = sample_next_tokens(output.logits[0], [r.params for r in sampled], [r.generator for r in sampled])
+            for row, token in zip(sampled, tokens, strict=True):
+                if row is self._chunking:
+                    self._chunking = None
+                    self._running.append(row)
+                elif row not in self._running:
+                    self._running.append(row)
+                outputs.append(self._accept(row, token))
+        return outputs
+
+    def _slots(self, row: _Row, tokens: int) -> torch.Tensor:
+        blocks = torch.tensor(row.blocks, dtype=torch.long).unsqueeze(1) * self._block_size
+        return (blocks + torch.arange(self._block_size)).flatten()[:tokens]
+
+    def _register_full_blocks(self, row: _Row) -> None:
+        """Name the blocks this step filled, so later prompts that start the same way can share them."""
+        size = self._block_size
+        for index in range(len(row.hashes), row.computed // size):
+            parent = row.hashes[-1] if row.hashes else b""
+            name = block_hash(parent, row.tokens[index * size : (index + 1) * size])
+            self._blocks.register(row.blocks[index], name)
+            row.hashes.append(name)
 
     def _accept(self, row: _Row, token: int) -> StepOutput:
-        row.next_token = token
+        row.tokens.append(token)
         if token in self._eos and not row.params.ignore_eos:
             row.done = True
             return StepOutput(row.request_id, token, FinishReason.STOP, is_eos=True)
@@ -271,12 +378,21 @@ class BatchLoop:
         return StepOutput(row.request_id, token, None)
 
     def _drop_finished(self) -> None:
-        keep = [index for index, row in enumerate(self._running) if not row.done]
-        if len(keep) == len(self._running):
-            return
-        self._running = [self._running[index] for index in keep]
-        if self._batch is not None:
-            if keep:
-                self._batch.keep(keep)
-            else:
-                self._batch = None
+        for row in self._running:
+            if row.done:
+                self._release(row)
+        self._running = [row for row in self._running if not row.done]
+
+    def _probe(self) -> tuple[list[list[tuple[int, int]]], torch.dtype]:
+        """What each layer caches per token (heads and width of each tensor), from a one-token forward pass."""
+        probe = ShapeProbe()
+        layout = StepLayout([Segment(torch.tensor([1]), 1)], self._device)
+        one = torch.zeros((1, 1), dtype=torch.long, device=self._device)
+        with torch.inference_mode(), paged_attention_on(self._model):
+            self._model(
+                input_ids=one, position_ids=one, cache=probe, use_cache=True, logits_to_keep=1, **{LAYOUT_KWARG: layout}
+            )
+        if not probe.shapes:
+            raise TypeError(f"{type(self._model).__name__} cached nothing through its cache: it cannot be served paged")
+        shapes = [probe.shapes[index] for index in sorted(probe.shapes)]
+        return shapes, probe.dtype

@@ -30,7 +30,7 @@ from app.engine.messages import (
     ToEngine,
 )
 from app.engine.text import Decoder, IncrementalText
-from app.engine.types import EngineDeadError, FinishReason, QueueFullError, SamplingParams, TokenEvent
+from app.engine.types import EngineDeadError, FinishReason, KVStats, QueueFullError, SamplingParams, TokenEvent
 from app.engine.wire import BlockingReader, FrameDecoder, LoopReader, LoopWriter
 from app.engine.worker import WorkerSpec, run_worker
 from app.model.loader import ModelLoadError
@@ -43,6 +43,7 @@ class EngineObserver:
 
     def on_queue(self, waiting: int, running: int) -> None: ...
     def on_step(self, rows: int) -> None: ...
+    def on_kv(self, stats: KVStats) -> None: ...
     def on_first_token(self, seconds: float) -> None: ...
     def on_token_gap(self, seconds: float) -> None: ...
 
@@ -225,9 +226,10 @@ class EngineClient:
         request.events.put_nowait(event)
         self._forget(request, cancel=cancel_in_engine)
 
-    def _on_step(self, outputs: list[StepToken], waiting: int, running: int, rows: int) -> None:
+    def _on_step(self, outputs: list[StepToken], waiting: int, running: int, rows: int, kv: KVStats) -> None:
         self._observer.on_queue(waiting, running)
         self._observer.on_step(rows)
+        self._observer.on_kv(kv)
         now = time.perf_counter()
         for request_id, token, finish, is_eos in outputs:
             request = self._requests.get(request_id)
@@ -282,8 +284,8 @@ class EngineClient:
 
     def _on_message(self, message: object) -> None:
         match message:
-            case Step(tokens, waiting, running, rows):
-                self._on_step(tokens, waiting, running, rows)
+            case Step(tokens, waiting, running, rows, kv):
+                self._on_step(tokens, waiting, running, rows, kv)
             case FailedRequests(request_ids, reason):
                 self._on_failed_requests(request_ids, reason)
             case unknown:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from app.engine.types import SamplingParams
+from app.engine.types import KVStats, SamplingParams
 
 
 class Add(NamedTuple):
@@ -54,6 +54,7 @@ class Step(NamedTuple):
     waiting: int
     running: int
     rows: int
+    kv: KVStats
 
 
 class FailedRequests(NamedTuple):

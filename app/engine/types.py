@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 GREEDY_BELOW = 1e-4
 
@@ -27,6 +28,15 @@ class SamplingParams:
     def greedy(self) -> bool:
         # Below this, dividing logits by the temperature overflows; the distribution is the argmax anyway.
         return self.temperature < GREEDY_BELOW
+
+
+class KVStats(NamedTuple):
+    """The KV cache as the metrics report it: usage now, cumulative counters since the engine started serving."""
+
+    usage: float  # fraction of the cache's blocks that live sequences hold
+    prefix_queries: int  # prompt tokens looked up in the prefix cache when their request was admitted
+    prefix_hits: int  # of those, tokens found there (not recomputed)
+    preemptions: int  # sequences sent back to the queue because the cache was full
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
+import torch
+
 from app.engine.batch_loop import BatchLoop
 from app.engine.messages import Add, Cancel, Failed, FailedRequests, FromEngine, Progress, Ready, Step
 from app.engine.types import SamplingParams
@@ -29,11 +31,35 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class KVCacheSpec:
+    memory: int | None = None  # bytes; None: `fraction` of the memory free after loading
+    fraction: float | None = None  # None: by device (KV_CACHE_FRACTION)
+    prefix_caching: bool = True
+    block_size: int = 16
+
+
+@dataclass(frozen=True)
 class WorkerSpec:
     weights: WeightsSpec
     max_batch_size: int
     log_level: str
     prefill_chunk_tokens: int | None = None
+    kv_cache: KVCacheSpec = KVCacheSpec()
+
+
+# The KV cache's share of the memory free once the weights are in, by device, when no size is given. A GPU: 0.9,
+# as vLLM users expect (activations of a step and the CUDA context need the rest). A CPU machine: 0.5 of the memory
+# available, as the HTTP process, the tokenizer and the page cache share it; pages are only resident once used.
+KV_CACHE_FRACTION = {"cpu": 0.5, "cuda": 0.9}
+
+
+def kv_cache_bytes(spec: KVCacheSpec, device: torch.device) -> int:
+    """The KV cache's budget in bytes: the size given, else the device's share of its free memory."""
+    if spec.memory is not None:
+        return spec.memory
+    fraction = spec.fraction if spec.fraction is not None else KV_CACHE_FRACTION.get(device.type, 0.9)
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else hardware.available_memory()
+    return int(free * fraction)
 
 
 # Chunked prefill's chunk by device, when --prefill-chunk-tokens is unset. CPU: measured (bench/results/
@@ -77,7 +103,17 @@ def run_worker(inbox: Connection, outbox: Connection, spec: WorkerSpec) -> None:
                 spec.max_batch_size,
                 cpu_threads=threads,
                 prefill_chunk_tokens=chunk,
+                kv_cache_bytes=kv_cache_bytes(spec.kv_cache, weights.model.device),
+                prefix_caching=spec.kv_cache.prefix_caching,
+                block_size=spec.kv_cache.block_size,
             )
+            send(Progress(_describe_kv(loop)))
+            if loop.kv_cache_tokens < spec.weights.max_model_len:
+                raise ModelLoadError(
+                    f"the KV cache holds {loop.kv_cache_tokens} tokens, fewer than one request of --max-model-len "
+                    f"{spec.weights.max_model_len} may need: raise --kv-cache-memory (or --kv-cache-memory-fraction) "
+                    "or lower --max-model-len"
+                )
             _warm_up(loop, spec.max_batch_size, chunk)
         except ModelLoadError as error:
             send(Failed(str(error)))
@@ -90,6 +126,14 @@ def run_worker(inbox: Connection, outbox: Connection, spec: WorkerSpec) -> None:
         _serve(loop, BlockingReader(inbox.fileno()), send)
     except (EOFError, BrokenPipeError, OSError):
         return  # the API process closed the pipes (shutdown) or is gone: nothing left to serve
+
+
+def _describe_kv(loop: BatchLoop) -> str:
+    gib = loop.kv_cache_tokens * loop.kv_bytes_per_token / 1024**3
+    return (
+        f"KV cache: {loop.kv_cache_tokens} tokens ({gib:.2f} GiB, {loop.kv_bytes_per_token} bytes a token), "
+        f"prefix caching {'on' if loop.prefix_caching else 'off'}"
+    )
 
 
 WARM_UP_TOKENS = 2048  # prompt tokens of the full-batch warm-up prefill, at most
@@ -113,6 +157,7 @@ def _warm_up(loop: BatchLoop, max_batch_size: int, chunk_tokens: int) -> None:
         loop.add(-2 - row, list(range(width)), greedy)
     while not loop.idle:
         loop.step()
+    loop.restart_counters()
 
 
 # Requests that arrive while a step runs are prefilled together at the next step. When several came in meanwhile,
@@ -153,6 +198,7 @@ def _serve(loop: BatchLoop, inbox: BlockingReader, send: Callable[[FromEngine], 
                     loop.waiting,
                     loop.running,
                     stats.rows,
+                    loop.kv,
                 )
             )
             if outputs and logger.isEnabledFor(logging.DEBUG):

@@ -20,6 +20,17 @@ def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def available_memory() -> int:
+    """Bytes of memory the machine could give now without swapping (the kernel's MemAvailable)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def cpu_capability() -> str:
     """The widest vector instruction set torch's CPU kernels use here: AVX2, AVX512, NO AVX, SVE256 …"""
     return str(torch.backends.cpu.get_cpu_capability())

@@ -11,6 +11,10 @@ TIME_TO_FIRST_TOKEN = "deepseek_time_to_first_token_seconds"
 INTER_TOKEN_LATENCY = "deepseek_inter_token_latency_seconds"
 PROMPT_TOKENS = "deepseek_prompt_tokens_total"
 GENERATION_TOKENS = "deepseek_generation_tokens_total"
+KV_CACHE_USAGE = "deepseek_kv_cache_usage_perc"
+PREFIX_CACHE_QUERIES = "deepseek_prefix_cache_queries_total"
+PREFIX_CACHE_HITS = "deepseek_prefix_cache_hits_total"
+PREEMPTIONS = "deepseek_num_preemptions_total"
 # 1 from the moment the model is loaded: the one series every serving pod has before its first request.
 MODEL_LOADED = "deepseek_model_loaded"
 # DCGM exporter: GPU utilisation in percent, labelled with the pod using the GPU (honorLabels keeps them).

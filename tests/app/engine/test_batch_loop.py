@@ -1,4 +1,4 @@
-"""Continuous batching (app/engine/batch_loop.py, kv_batch.py) with the built-in model.
+"""Continuous batching (app/engine/batch_loop.py) with the built-in model.
 
 The reference is transformers' own `generate` on each prompt alone: whatever joins, leaves or shares the batch,
 a request's greedy tokens must be exactly the ones it would get by itself. The model runs in float32 here (see the
@@ -9,7 +9,6 @@ correct ways of computing them can pick different tokens.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -18,34 +17,9 @@ import torch
 
 from app.engine.batch_loop import BatchLoop, StepOutput
 from app.engine.types import FinishReason, SamplingParams
-
-TEXTS = [
-    "Hello",
-    "The quick brown fox jumps over the lazy dog.",
-    "1 2 3 4 5 6 7 8 9 10 11 12 13 14 15",
-    "你好，世界",
-    "Once upon a time in a land far away there lived",
-    "a",
-]
-N = 12  # tokens in every reference
+from tests.app.engine.loop_helpers import TEXTS, Driver, N, greedy
 
 Reference = Callable[[int], list[int]]
-
-
-def greedy(max_tokens: int = N, ignore_eos: bool = True) -> SamplingParams:
-    return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=ignore_eos)
-
-
-@pytest.fixture(scope="module")
-def model(builtin_weights_fp32: Any) -> Any:
-    return builtin_weights_fp32.model
-
-
-@pytest.fixture(scope="module")
-def prompts(builtin_tokenizer: Any) -> list[list[int]]:
-    ids: list[list[int]] = [builtin_tokenizer.encode(text) for text in TEXTS]
-    assert len({len(p) for p in ids}) >= 5  # prompts of different lengths, so rows are padded differently
-    return ids
 
 
 @pytest.fixture(scope="module")
@@ -67,34 +41,6 @@ def reference(model: Any, prompts: list[list[int]]) -> Reference:
         return cache[index]
 
     return tokens
-
-
-class Driver:
-    """Steps a BatchLoop and files each output under its request."""
-
-    def __init__(self, loop: BatchLoop) -> None:
-        self.loop = loop
-        self.outputs: dict[int, list[StepOutput]] = defaultdict(list)
-        self.max_running = 0
-
-    def step(self, times: int = 1) -> None:
-        for _ in range(times):
-            for output in self.loop.step():
-                self.outputs[output.request_id].append(output)
-            self.max_running = max(self.max_running, self.loop.running)
-
-    def run(self, limit: int = 200) -> None:
-        for _ in range(limit):
-            if self.loop.idle:
-                return
-            self.step()
-        raise AssertionError("the loop never went idle")
-
-    def tokens(self, request_id: int) -> list[int]:
-        return [o.token for o in self.outputs[request_id]]
-
-    def finishes(self, request_id: int) -> list[FinishReason | None]:
-        return [o.finish for o in self.outputs[request_id]]
 
 
 # --- the same tokens as generating alone -------------------------------------------------------------------------
@@ -340,7 +286,7 @@ def test_prefill_token_budget_splits_admission_across_steps(model: Any, prompts:
 
     assert [o.request_id for o in loop.step()] == [0]
     assert (loop.last.kind, loop.running, loop.waiting) == ("prefill", 1, 1)
-    assert [o.request_id for o in loop.step()] == [1]  # a waiting request is prefilled before the next decode
+    assert [o.request_id for o in loop.step()] == [0, 1]  # prefilled in the same pass as the running row's token
     assert (loop.last.kind, loop.running, loop.waiting) == ("prefill", 2, 0)
     assert sorted(o.request_id for o in loop.step()) == [0, 1]
     assert loop.last.kind == "decode"

@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 
 from app.engine.messages import Add, Cancel, Progress, Step
-from app.engine.types import SamplingParams
+from app.engine.types import KVStats, SamplingParams
 from app.engine.wire import BlockingReader, FrameDecoder, LoopReader, LoopWriter, frame, write_all
 from tests.app.aio import run
 
 MESSAGES: list[tuple[Any, ...]] = [
     Add(7, [1, 2, 3], SamplingParams(max_tokens=4, stop=("\n",))),
     Cancel(7),
-    Step([(7, 42, None, False), (8, 1, "stop", True)], 0, 2, 2),
+    Step([(7, 42, None, False), (8, 1, "stop", True)], 0, 2, 2, KVStats(0.25, 100, 64, 1)),
     Progress("loading ✓"),
 ]
 

@@ -20,7 +20,7 @@ import pytest
 from app.engine import worker
 from app.engine.batch_loop import StepOutput, StepStats
 from app.engine.messages import Add, Cancel, FailedRequests, Step
-from app.engine.types import SamplingParams
+from app.engine.types import KVStats, SamplingParams
 from app.engine.wire import BlockingReader, frame, write_all
 
 PARAMS = SamplingParams(max_tokens=1)
@@ -39,6 +39,7 @@ class RecordingLoop:
         self.steps: list[tuple[float, list[int]]] = []  # (when the step started, the requests it took)
         self.calls = 0
         self.last = StepStats()
+        self.kv = KVStats(0.0, 0, 0, 0)
         self._step_started = threading.Condition()
 
     def wait_for_steps(self, count: int) -> None:
@@ -307,14 +308,17 @@ def test_warm_up_runs_the_lone_path_then_a_full_batch_joining_it(builtin_weights
     loop = Recorded(chunk_tokens=0)
     worker._warm_up(loop, max_batch_size=8, chunk_tokens=0)
     assert loop.idle
-    assert loop.kinds[:3] == [("prefill", 1), ("prefill", 7), ("decode", 8)]  # lone, group joining it, full batch
+    # lone, then a group prefilled in the same pass as its token, then the full batch
+    assert loop.kinds[:3] == [("prefill", 1), ("prefill", 8), ("decode", 8)]
+    assert loop.kv == KVStats(0.0, 0, 0, 0)  # the warm-up's prompts are neither counted nor cached
 
     # With chunked prefill on, a two-chunk prompt is prefilled beside the batch, a chunk a step (the batch's own
     # prompts, 64 tokens, are short enough to be prefilled whole).
     loop = Recorded(chunk_tokens=64)
     worker._warm_up(loop, max_batch_size=8, chunk_tokens=64)
     assert loop.idle
-    assert loop.kinds[:4] == [("prefill", 1), ("prefill", 6), ("chunk", 8), ("chunk", 8)]  # it holds a batch slot
+    # it holds a batch slot while its chunks run; the lone request (3 tokens) has finished by the decode
+    assert loop.kinds[:4] == [("prefill", 1), ("prefill", 8), ("chunk", 8), ("decode", 7)]
 
 
 class FailingStepLoop(RecordingLoop):

@@ -123,6 +123,10 @@ def test_dashboard_charts_the_server_metrics() -> None:
         metrics.INTER_TOKEN_LATENCY,
         metrics.PROMPT_TOKENS,
         metrics.GENERATION_TOKENS,
+        metrics.KV_CACHE_USAGE,
+        metrics.PREFIX_CACHE_QUERIES,
+        metrics.PREFIX_CACHE_HITS,
+        metrics.PREEMPTIONS,
         metrics.GPU_UTIL,
     ):
         assert metric in expressions, metric

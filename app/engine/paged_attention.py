@@ -1,0 +1,239 @@
+"""Attention over a paged KV pool, for any transformers model whose layers all use full attention.
+
+One forward pass runs every sequence of a step at once, flattened into a single row of tokens (no padding in the
+projections and MLPs): decode rows contribute one token each, prefills and prefill chunks their new tokens. Each
+layer hands what it caches to `PagedCache.update` (keys and values; for DeepSeek-V3's multi-head latent attention,
+the compressed latents, so the pool holds what the model itself would cache). It writes the new tokens into their
+slots and returns every sequence's context, gathered from its blocks. `paged_attention` then attends each group of
+sequences over its own context; sequences of similar shape share one padded attention call, so padding stays small.
+
+The pool is one tensor per layer and cached tensor, [heads, slots, dim] with slot = block * block_size + offset.
+Slot 0 (block 0, never handed out) stays zero: padded reads point there, and a zero is safe to mask (uninitialised
+memory could hold NaN, which a mask does not cancel).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import AttentionInterface
+
+ATTENTION_NAME = "deepseek_paged"
+LAYOUT_KWARG = "paged_layout"
+
+# A group's padded attention may cost this much more than its sequences alone would (query x key positions); a
+# sequence that would push it further starts a new group. 1.25: the decode rows of a typical batch (similar
+# lengths) stay one call, and one long sequence among short ones gets its own.
+GROUP_PADDING = 1.25
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One sequence's share of a step: `length` new tokens at the end of a context of `context` tokens."""
+
+    slots: torch.Tensor  # [context] the slot of every token of the context, new ones last
+    length: int
+
+
+@dataclass(frozen=True)
+class _Group:
+    rows: int
+    queries: int  # padded queries per row
+    keys: int  # padded keys per row
+    key_start: int  # where the group's [rows * keys] context starts in the gathered tensor
+    query_index: torch.Tensor  # [rows * queries] flat token index of each padded query
+    out_index: torch.Tensor | None  # flat token index of each real query (None: every padded query is real)
+    real: torch.Tensor | None  # which padded queries are real
+    mask: torch.Tensor | None  # [rows, 1, queries, keys] True where a query may look
+    causal: bool  # no mask needed beyond is_causal
+
+
+class StepLayout:
+    """Where a step's new tokens go and what each of its sequences attends over; built once, used by every layer."""
+
+    def __init__(self, segments: list[Segment], device: torch.device) -> None:
+        starts, position = [], 0
+        for segment in segments:
+            starts.append(position)
+            position += segment.length
+        self.tokens = position
+        self.write_slots = torch.cat([s.slots[-s.length :] for s in segments]).to(device)
+        order = sorted(range(len(segments)), key=lambda i: (segments[i].length, segments[i].slots.numel()))
+        gathers: list[torch.Tensor] = []
+        self.groups: list[_Group] = []
+        key_start = 0
+        for members in _group(order, segments):
+            group = _build_group([segments[i] for i in members], [starts[i] for i in members], key_start, gathers)
+            key_start += group.rows * group.keys
+            self.groups.append(_move(group, device))
+        self.gather = torch.cat(gathers).to(device)
+
+
+def _group(order: list[int], segments: list[Segment]) -> Iterator[list[int]]:
+    members: list[int] = []
+    real = 0
+    for index in order:
+        segment = segments[index]
+        cost = segment.length * segment.slots.numel()
+        if members:
+            queries = max(segment.length, max(segments[i].length for i in members))
+            keys = max(segment.slots.numel(), max(segments[i].slots.numel() for i in members))
+            if (len(members) + 1) * queries * keys > GROUP_PADDING * (real + cost):
+                yield members
+                members, real = [], 0
+        members.append(index)
+        real += cost
+    if members:
+        yield members
+
+
+def _build_group(segments: list[Segment], starts: list[int], key_start: int, gathers: list[torch.Tensor]) -> _Group:
+    rows = len(segments)
+    lengths = torch.tensor([s.length for s in segments])
+    contexts = torch.tensor([s.slots.numel() for s in segments])
+    queries, keys = int(lengths.max()), int(contexts.max())
+    gather = torch.zeros((rows, keys), dtype=torch.long)  # slot 0: the zero pad
+    for row, segment in enumerate(segments):
+        gather[row, : segment.slots.numel()] = segment.slots
+    gathers.append(gather.flatten())
+    # Padded queries repeat their row's last real one (their output is dropped), so no query row is all masked.
+    offset = torch.arange(queries).unsqueeze(0).minimum((lengths - 1).unsqueeze(1))  # [rows, queries]
+    query_index = (torch.tensor(starts).unsqueeze(1) + offset).flatten()
+    real = (torch.arange(queries).unsqueeze(0) < lengths.unsqueeze(1)).flatten()
+    all_real = bool(real.all())
+    # Query i of a row sits at context position (context - length + i) and sees every key up to it.
+    limit = (contexts - lengths).unsqueeze(1) + offset
+    mask = (torch.arange(keys).view(1, 1, keys) <= limit.unsqueeze(2)).unsqueeze(1)
+    uniform = bool((lengths == queries).all() and (contexts == keys).all())
+    causal = uniform and queries == keys  # whole prompts of one length: plain causal attention
+    no_mask = uniform and queries == 1  # decode rows of one length: every key is visible
+    return _Group(
+        rows=rows,
+        queries=queries,
+        keys=keys,
+        key_start=key_start,
+        query_index=query_index,
+        out_index=None if all_real else query_index[real],
+        real=None if all_real else real,
+        mask=None if causal or no_mask else mask,
+        causal=causal,
+    )
+
+
+def _move(group: _Group, device: torch.device) -> _Group:
+    if device.type == "cpu":
+        return group
+
+    def to(tensor: torch.Tensor | None) -> torch.Tensor | None:
+        return None if tensor is None else tensor.to(device, non_blocking=True)
+
+    query_index = group.query_index.to(device, non_blocking=True)
+    return _Group(
+        group.rows,
+        group.queries,
+        group.keys,
+        group.key_start,
+        query_index,
+        to(group.out_index),
+        to(group.real),
+        to(group.mask),
+        group.causal,
+    )
+
+
+class KVPool:
+    """The cache's memory: for each layer, one [heads, slots, dim] tensor per tensor the layer caches."""
+
+    def __init__(self, shapes: list[list[tuple[int, int]]], slots: int, dtype: torch.dtype, device: torch.device):
+        # torch.empty: on a CPU the pages are only touched (and resident) once tokens are written to them
+        self.layers = [
+            [torch.empty((heads, slots, dim), dtype=dtype, device=device) for heads, dim in layer] for layer in shapes
+        ]
+        for layer in self.layers:
+            for tensor in layer:
+                tensor[:, :1].zero_()
+
+
+def bytes_per_token(shapes: list[list[tuple[int, int]]], dtype: torch.dtype) -> int:
+    return sum(heads * dim for layer in shapes for heads, dim in layer) * dtype.itemsize
+
+
+class PagedCache:
+    """What the model's layers see as their cache during one step (duck-typed: they only call `update`)."""
+
+    def __init__(self, pool: KVPool, layout: StepLayout) -> None:
+        self._pool = pool
+        self._layout = layout
+
+    def update(self, first: torch.Tensor, second: torch.Tensor, layer_idx: int, **_: Any) -> tuple[torch.Tensor, ...]:
+        layout = self._layout
+        out = []
+        for pooled, new in zip(self._pool.layers[layer_idx], (first, second), strict=True):
+            pooled.index_copy_(1, layout.write_slots, new[0].to(pooled.dtype))
+            out.append(pooled.index_select(1, layout.gather).unsqueeze(0))
+        return tuple(out)
+
+
+class ShapeProbe:
+    """A cache that records what each layer caches (heads and width of each tensor), for sizing the pool."""
+
+    def __init__(self) -> None:
+        self.shapes: dict[int, list[tuple[int, int]]] = {}
+        self.dtype = torch.float32
+
+    def update(self, first: torch.Tensor, second: torch.Tensor, layer_idx: int, **_: Any) -> tuple[torch.Tensor, ...]:
+        self.shapes[layer_idx] = [(int(t.shape[1]), int(t.shape[3])) for t in (first, second)]
+        self.dtype = first.dtype
+        return first, second
+
+
+def paged_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """query [1, heads, tokens, dim]; key and value [1, kv_heads, gathered, dim] as PagedCache gathered them."""
+    layout: StepLayout = kwargs[LAYOUT_KWARG]
+    query, key, value = query[0], key[0], value[0]
+    heads, kv_heads = query.shape[0], key.shape[0]
+    out = query.new_empty((layout.tokens, heads, value.shape[-1]))
+    for group in layout.groups:
+        q = query.index_select(1, group.query_index).view(heads, group.rows, group.queries, -1).transpose(0, 1)
+        span = slice(group.key_start, group.key_start + group.rows * group.keys)
+        k = key[:, span].reshape(kv_heads, group.rows, group.keys, -1).transpose(0, 1)
+        v = value[:, span].reshape(kv_heads, group.rows, group.keys, -1).transpose(0, 1)
+        attended = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=group.mask, is_causal=group.causal, scale=scaling, enable_gqa=heads != kv_heads
+        )  # [rows, heads, queries, dim]
+        flat = attended.transpose(1, 2).reshape(group.rows * group.queries, heads, -1)
+        if group.real is None:
+            out.index_copy_(0, group.query_index, flat)
+        else:
+            assert group.out_index is not None
+            out.index_copy_(0, group.out_index, flat[group.real])
+    return out.unsqueeze(0), None
+
+
+AttentionInterface.register(ATTENTION_NAME, paged_attention)
+
+
+@contextmanager
+def paged_attention_on(model: Any) -> Iterator[None]:
+    """Run the model's attention through `paged_attention` for one forward pass (the model may also serve
+    `generate` with its own implementation, e.g. in tests, so the switch is not permanent)."""
+    config = model.config
+    previous = config._attn_implementation_internal
+    config._attn_implementation_internal = ATTENTION_NAME
+    try:
+        yield
+    finally:
+        config._attn_implementation_internal = previous

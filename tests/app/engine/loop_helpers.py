@@ -1,0 +1,50 @@
+"""What the batch-loop tests share: prompts, the greedy parameters, and a driver that files outputs by request."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from app.engine.batch_loop import BatchLoop, StepOutput
+from app.engine.types import FinishReason, SamplingParams
+
+TEXTS = [
+    "Hello",
+    "The quick brown fox jumps over the lazy dog.",
+    "1 2 3 4 5 6 7 8 9 10 11 12 13 14 15",
+    "你好，世界",
+    "Once upon a time in a land far away there lived",
+    "a",
+]
+N = 12  # tokens in every reference
+
+
+def greedy(max_tokens: int = N, ignore_eos: bool = True) -> SamplingParams:
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=ignore_eos)
+
+
+class Driver:
+    """Steps a BatchLoop and files each output under its request."""
+
+    def __init__(self, loop: BatchLoop) -> None:
+        self.loop = loop
+        self.outputs: dict[int, list[StepOutput]] = defaultdict(list)
+        self.max_running = 0
+
+    def step(self, times: int = 1) -> None:
+        for _ in range(times):
+            for output in self.loop.step():
+                self.outputs[output.request_id].append(output)
+            self.max_running = max(self.max_running, self.loop.running)
+
+    def run(self, limit: int = 200) -> None:
+        for _ in range(limit):
+            if self.loop.idle:
+                return
+            self.step()
+        raise AssertionError("the loop never went idle")
+
+    def tokens(self, request_id: int) -> list[int]:
+        return [o.token for o in self.outputs[request_id]]
+
+    def finishes(self, request_id: int) -> list[FinishReason | None]:
+        return [o.finish for o in self.outputs[request_id]]
