@@ -82,14 +82,18 @@ def _port(raw: str) -> int:
     return value
 
 
-def _seconds(raw: str) -> float:
+def _number(raw: str, valid: Callable[[float], bool], expected: str) -> float:
     try:
         value = float(raw.strip())
     except ValueError:
-        raise SettingsError(f"expected a number of seconds >= 0, got {raw!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise SettingsError(f"expected a number of seconds >= 0, got {raw!r}")
+        raise SettingsError(f"expected {expected}, got {raw!r}") from None
+    if not valid(value):
+        raise SettingsError(f"expected {expected}, got {raw!r}")
     return value
+
+
+def _seconds(raw: str) -> float:
+    return _number(raw, lambda value: 0 <= value < float("inf"), "a number of seconds >= 0")
 
 
 def _choice(choices: Sequence[str]) -> Callable[[str], str]:
@@ -127,13 +131,7 @@ def _bytes(raw: str) -> int:
 
 
 def _fraction(raw: str) -> float:
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        raise SettingsError(f"expected a fraction between 0 and 1, got {raw!r}") from None
-    if not 0 < value <= 1:
-        raise SettingsError(f"expected a fraction above 0 and at most 1, got {raw!r}")
-    return value
+    return _number(raw, lambda value: 0 < value <= 1, "a fraction above 0 and at most 1")
 
 
 def _bool(raw: str) -> bool:

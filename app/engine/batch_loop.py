@@ -71,6 +71,7 @@ class _Row:
     blocks: list[int] = field(default_factory=list)
     hashes: list[bytes] = field(default_factory=list)  # the names of its full, computed blocks, in order
     done: bool = False
+    decoding: bool = False  # in the running batch (as opposed to waiting, or being prefilled in chunks)
 
 
 @dataclass(frozen=True)
@@ -212,8 +213,8 @@ class BatchLoop:
         chunking row, then the prompts admitted now. Preempts rows when the running ones need blocks."""
         plan: list[tuple[_Row, int]] = []
         preempted = self._preemptions
-        for row in list(self._running):
-            if row in self._running and self._reserve(row, row.computed + 1):
+        for row in list(self._running):  # a copy: rows later in it may be preempted on the way
+            if row.decoding and self._reserve(row, row.computed + 1):
                 plan.append((row, 1))
         kind = "decode"
         chunking = self._chunking
@@ -303,6 +304,7 @@ class BatchLoop:
             self._chunking = None
         else:
             self._running.remove(row)
+            row.decoding = False
         self._waiting.appendleft(row)  # the head of the queue: its tokens so far are prefilled again, then it goes on
         self._preemptions += 1
 
@@ -347,8 +349,8 @@ class BatchLoop:
             for row, token in zip(sampled, tokens, strict=True):
                 if row is self._chunking:
                     self._chunking = None
-                    self._running.append(row)
-                elif row not in self._running:
+                if not row.decoding:  # its prompt is in: it joins the running batch
+                    row.decoding = True
                     self._running.append(row)
                 outputs.append(self._accept(row, token))
         return outputs

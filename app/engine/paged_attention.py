@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -105,12 +105,13 @@ def _build_group(segments: list[Segment], starts: list[int], key_start: int, gat
     query_index = (torch.tensor(starts).unsqueeze(1) + offset).flatten()
     real = (torch.arange(queries).unsqueeze(0) < lengths.unsqueeze(1)).flatten()
     all_real = bool(real.all())
-    # Query i of a row sits at context position (context - length + i) and sees every key up to it.
-    limit = (contexts - lengths).unsqueeze(1) + offset
-    mask = (torch.arange(keys).view(1, 1, keys) <= limit.unsqueeze(2)).unsqueeze(1)
     uniform = bool((lengths == queries).all() and (contexts == keys).all())
     causal = uniform and queries == keys  # whole prompts of one length: plain causal attention
-    no_mask = uniform and queries == 1  # decode rows of one length: every key is visible
+    mask = None
+    if not (causal or (uniform and queries == 1)):  # decode rows of one length see every key: no mask either
+        # Query i of a row sits at context position (context - length + i) and sees every key up to it.
+        limit = (contexts - lengths).unsqueeze(1) + offset
+        mask = (torch.arange(keys).view(1, 1, keys) <= limit.unsqueeze(2)).unsqueeze(1)
     return _Group(
         rows=rows,
         queries=queries,
@@ -119,7 +120,7 @@ def _build_group(segments: list[Segment], starts: list[int], key_start: int, gat
         query_index=query_index,
         out_index=None if all_real else query_index[real],
         real=None if all_real else real,
-        mask=None if causal or no_mask else mask,
+        mask=mask,
         causal=causal,
     )
 
@@ -127,22 +128,12 @@ def _build_group(segments: list[Segment], starts: list[int], key_start: int, gat
 def _move(group: _Group, device: torch.device) -> _Group:
     if device.type == "cpu":
         return group
-
-    def to(tensor: torch.Tensor | None) -> torch.Tensor | None:
-        return None if tensor is None else tensor.to(device, non_blocking=True)
-
-    query_index = group.query_index.to(device, non_blocking=True)
-    return _Group(
-        group.rows,
-        group.queries,
-        group.keys,
-        group.key_start,
-        query_index,
-        to(group.out_index),
-        to(group.real),
-        to(group.mask),
-        group.causal,
-    )
+    moved = {
+        name: getattr(group, name).to(device, non_blocking=True)
+        for name in ("query_index", "out_index", "real", "mask")
+        if getattr(group, name) is not None
+    }
+    return replace(group, **moved)
 
 
 class KVPool:

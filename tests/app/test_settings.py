@@ -145,7 +145,33 @@ INVALID_ENV = [
     ("MAX_MODEL_LEN", "1"),
     ("MAX_BODY_BYTES", "100"),
     ("LOG_LEVEL", "verbose"),
+    ("KV_CACHE_MEMORY", "lots"),
+    ("KV_CACHE_MEMORY", "8XB"),
+    ("KV_CACHE_MEMORY", "1000"),  # under 1 MiB: surely a unit was forgotten
+    ("KV_CACHE_MEMORY_FRACTION", "0"),
+    ("KV_CACHE_MEMORY_FRACTION", "1.5"),
+    ("KV_CACHE_MEMORY_FRACTION", "half"),
+    ("ENABLE_PREFIX_CACHING", "maybe"),
+    ("BLOCK_SIZE", "0"),
+    ("BLOCK_SIZE", "24"),
+    ("BLOCK_SIZE", "512"),
 ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("8GiB", 8 * 1024**3), ("8Gi", 8 * 1024**3), ("512MiB", 512 * 1024**2), ("2G", 2 * 10**9), ("1048576", 2**20)],
+)
+def test_kv_cache_memory_takes_sizes_as_kubernetes_and_vllm_users_write_them(raw: str, expected: int) -> None:
+    assert load_settings([], {"KV_CACHE_MEMORY": raw}).kv_cache_memory == expected
+
+
+def test_the_kv_cache_settings_default_to_by_device_with_prefix_caching_on() -> None:
+    settings = load_settings([], {})
+    assert (settings.kv_cache_memory, settings.kv_cache_memory_fraction) == (None, None)
+    assert (settings.enable_prefix_caching, settings.block_size) == (True, 16)
+    off = load_settings(["--enable-prefix-caching", "false", "--block-size", "32"], {"KV_CACHE_MEMORY_FRACTION": "0.3"})
+    assert (off.enable_prefix_caching, off.block_size, off.kv_cache_memory_fraction) == (False, 32, 0.3)
 
 
 def option_for_env(env: str) -> tuple[str, str]:

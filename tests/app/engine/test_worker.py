@@ -16,12 +16,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import torch
 
 from app.engine import worker
 from app.engine.batch_loop import StepOutput, StepStats
 from app.engine.messages import Add, Cancel, FailedRequests, Step
 from app.engine.types import KVStats, SamplingParams
 from app.engine.wire import BlockingReader, frame, write_all
+from app.model import hardware
 
 PARAMS = SamplingParams(max_tokens=1)
 Write = Callable[..., None]  # write(*messages): the messages go into the pipe in one write, so they arrive together
@@ -381,3 +383,13 @@ def test_the_prefill_chunk_follows_the_device_unless_set() -> None:
     assert worker.chunk_tokens(None, "cuda") == 2048
     assert worker.chunk_tokens(0, "cpu") == 0  # off: every prompt whole
     assert worker.chunk_tokens(512, "cuda") == 512
+
+
+def test_the_kv_cache_budget_is_the_size_given_else_the_devices_share_of_free_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cpu = torch.device("cpu")
+    assert worker.kv_cache_bytes(worker.KVCacheSpec(memory=123 * 2**20), cpu) == 123 * 2**20
+    monkeypatch.setattr(hardware, "available_memory", lambda: 10 * 2**30)
+    assert worker.kv_cache_bytes(worker.KVCacheSpec(), cpu) == 5 * 2**30  # half of a CPU machine's available memory
+    assert worker.kv_cache_bytes(worker.KVCacheSpec(fraction=0.25), cpu) == 10 * 2**30 // 4
