@@ -14,7 +14,7 @@ from typing import Literal
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from app.engine.client import EngineObserver
-from app.engine.types import KVStats
+from app.engine.types import CacheConfig, KVStats
 
 TTFT_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1)
@@ -66,6 +66,12 @@ PREFIX_CACHE_HITS = MetricSpec(
 PREEMPTIONS = MetricSpec(
     "deepseek_num_preemptions_total", "counter", "sequences sent back to the queue because the KV cache was full"
 )
+CACHE_CONFIG = MetricSpec(
+    "deepseek_cache_config_info",
+    "gauge",
+    "1, labelled with the KV cache's shape once the model is loaded: capacity in tokens = num_blocks × block_size",
+    ("num_blocks", "block_size", "enable_prefix_caching"),
+)
 PROMPT_TOKENS = MetricSpec("deepseek_prompt_tokens_total", "counter", "prompt tokens of accepted requests")
 GENERATION_TOKENS = MetricSpec("deepseek_generation_tokens_total", "counter", "generated tokens")
 
@@ -77,6 +83,7 @@ METRICS = (
     PREFIX_CACHE_QUERIES,
     PREFIX_CACHE_HITS,
     PREEMPTIONS,
+    CACHE_CONFIG,
     REQUESTS,
     E2E_LATENCY,
     TIME_TO_FIRST_TOKEN,
@@ -124,6 +131,7 @@ class Metrics(EngineObserver):
         self._prefix_queries = counter(PREFIX_CACHE_QUERIES)
         self._prefix_hits = counter(PREFIX_CACHE_HITS)
         self._preemptions = counter(PREEMPTIONS)
+        self._cache_config = gauge(CACHE_CONFIG)
         self._kv_seen = KVStats(0.0, 0, 0, 0)
         self._model = model_name
         for zeroed in (self._waiting, self._running, self._batch, self._loaded, self._kv_usage):
@@ -158,8 +166,10 @@ class Metrics(EngineObserver):
         self._itl.labels(self._model).observe(seconds)
 
     # event loop
-    def model_loaded(self) -> None:
+    def model_loaded(self, cache: CacheConfig) -> None:
         self._loaded.labels(self._model).set(1)
+        prefix_caching = "true" if cache.prefix_caching else "false"
+        self._cache_config.labels(self._model, str(cache.num_blocks), str(cache.block_size), prefix_caching).set(1)
 
     def request_finished(
         self, endpoint: str, status: int, seconds: float, prompt_tokens: int, completion_tokens: int

@@ -102,7 +102,8 @@ class Runtime:
         # it again, which otherwise stalls a busy server for tens of milliseconds at a time.
         gc.freeze()
         self.served = Served(tokenizer, self._engine, int(time.time()))
-        self.metrics.model_loaded()
+        assert self._engine.cache_config is not None  # the engine sent it with Ready
+        self.metrics.model_loaded(self._engine.cache_config)
         logger.info(f"model ready: {self._engine.description}", extra={"event": "ready", "model": self.model_name})
 
     def abort_in_flight(self, reason: str) -> None:

@@ -54,13 +54,16 @@ class Connection:
             await self._writer.wait_closed()
 
     async def get_json(self, path: str) -> object:
+        return json.loads(await self.get_text(path))
+
+    async def get_text(self, path: str) -> str:
         reader, writer = await self._connect()
         writer.write(self._head("GET", path, 0))
         status, headers = await _read_head(reader)
         body = await _read_body(reader, headers)
         if status != 200:
             raise RuntimeError(f"GET {path}: HTTP {status}: {body[:200]!r}")
-        return json.loads(body)
+        return body.decode()
 
     async def chat_stream(
         self,

@@ -1,65 +1,131 @@
-"""Why the server has its own batch loop: transformers' continuous batching against it, in one process, on the
-built-in model, 32 requests x 64 greedy tokens each (EOS ignored).
+"""The engine choice, measured: this server's paged batch loop against transformers' continuous batching
+(`generate_batch`: its paged cache and scheduler), in one process, on two model shapes and two input shapes.
 
     python -m bench.compare_engines
+
+Models: the built-in one as the server loads it on this machine (dtype and attention follow the hardware), and a
+small DeepSeek-V3 shape (multi-head latent attention, shared and routed experts; random weights, float32).
+Workloads, each with distinct prompts (so no engine gains from a shared prefix): 32 short prompts (~30 tokens)
+x 64 new tokens, and 8 long ones (~1,000 tokens) x 32 new tokens; greedy, EOS ignored. Both engines get every core.
+Each line gives tokens/s over the whole workload (prefill included) and whether its greedy tokens match this loop's.
 """
 
 from __future__ import annotations
 
+import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, GenerationConfig
+from transformers import DeepseekV3Config, DeepseekV3ForCausalLM, GenerationConfig
 
 from app.engine.batch_loop import BatchLoop
 from app.engine.types import SamplingParams
+from app.model import hardware
 from app.model.builtin import ensure_builtin_model
-from app.model.loader import load_tokenizer
+from app.model.loader import WeightsSpec, load_weights
 
-REQUESTS, NEW_TOKENS = 32, 64
-
-
-def prompt_ids(directory: Any) -> list[int]:
-    tokenizer = load_tokenizer(directory, lambda _: None)
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Explain how continuous batching raises the throughput of a server."}],
-        add_generation_prompt=True,
-        tokenize=False,
-    )
-    ids: list[int] = tokenizer.encode(text, add_special_tokens=False)
-    return ids
+Workload = tuple[str, list[list[int]], int]  # name, prompts, new tokens each
 
 
-def batch_loop(directory: Any, ids: list[int]) -> float:
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype="auto", attn_implementation="eager")
-    loop = BatchLoop(model, {1}, max_batch_size=REQUESTS)
-    for request in range(REQUESTS):
-        loop.add(request, ids, SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True))
-    started, tokens = time.perf_counter(), 0
-    while not loop.idle:
-        tokens += len(loop.step())
-    return tokens / (time.perf_counter() - started)
+def workloads(vocab: int) -> list[Workload]:
+    chooser = random.Random(0)
+
+    def prompts(count: int, length: int) -> list[list[int]]:
+        return [[chooser.randrange(100, vocab) for _ in range(length)] for _ in range(count)]
+
+    return [
+        ("32 x 30-token prompts, 64 new", prompts(32, 30), 64),
+        ("8 x 1,000-token prompts, 32 new", prompts(8, 1000), 32),
+    ]
 
 
-def transformers_cb(directory: Any, ids: list[int], attention: str) -> float:
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype="auto", attn_implementation=attention)
-    config = GenerationConfig(max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=-1, pad_token_id=1)  # type: ignore[no-untyped-call]
+def batch_loop(model: Any, prompts: list[list[int]], new_tokens: int) -> tuple[float, list[list[int]]]:
+    loop = BatchLoop(model, {-1}, max_batch_size=len(prompts))
+    for request, prompt in enumerate(prompts):
+        loop.add(request, prompt, SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True))
+    produced: list[list[int]] = [[] for _ in prompts]
     started = time.perf_counter()
-    outputs = model.generate_batch(inputs=[ids] * REQUESTS, generation_config=config)
-    tokens = sum(len(output.generated_tokens) for output in outputs.values())
-    return tokens / (time.perf_counter() - started)
+    while not loop.idle:
+        for output in loop.step():
+            produced[output.request_id].append(output.token)
+    return sum(map(len, produced)) / (time.perf_counter() - started), produced
+
+
+def transformers_cb(model: Any, prompts: list[list[int]], new_tokens: int) -> tuple[float, list[list[int]]]:
+    config = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, eos_token_id=-1, pad_token_id=0)  # type: ignore[no-untyped-call]
+    started = time.perf_counter()
+    outputs = model.generate_batch(inputs=prompts, generation_config=config)
+    seconds = time.perf_counter() - started
+    by_order = [outputs[key] for key in sorted(outputs, key=lambda key: int(str(key).rsplit("_", 1)[-1]))]
+    produced = [list(output.generated_tokens) for output in by_order]
+    return sum(map(len, produced)) / seconds, produced
+
+
+def with_attention(model: Any, implementation: str) -> Any:
+    model.set_attn_implementation(implementation)
+    return model
+
+
+def tiny_deepseek_v3() -> DeepseekV3ForCausalLM:
+    torch.manual_seed(0)
+    config = DeepseekV3Config(
+        vocab_size=32000,
+        hidden_size=256,
+        intermediate_size=512,
+        moe_intermediate_size=128,
+        num_hidden_layers=4,
+        first_k_dense_replace=1,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        n_routed_experts=8,
+        n_shared_experts=1,
+        num_experts_per_tok=2,
+        n_group=1,
+        topk_group=1,
+        kv_lora_rank=64,
+        q_lora_rank=128,
+        qk_rope_head_dim=16,
+        qk_nope_head_dim=32,
+        v_head_dim=32,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+    )
+    model = DeepseekV3ForCausalLM(config)
+    model.train(False)
+    return model
+
+
+def compare(name: str, build: Callable[[], Any], vocab: int, transformers_attention: tuple[str, ...]) -> None:
+    print(f"{name}")
+    for label, prompts, new_tokens in workloads(vocab):
+        ours, reference = batch_loop(build(), prompts, new_tokens)
+        print(f"  {label}")
+        print(f"    app.engine BatchLoop (paged)            {ours:8.0f} tokens/s")
+        for attention in transformers_attention:
+            try:
+                rate, produced = transformers_cb(with_attention(build(), attention), prompts, new_tokens)
+            except Exception as error:  # a failure is a result here: print it in one line and go on
+                print(f"    transformers generate_batch ({attention:11s}) fails: {type(error).__name__}: {error}"[:200])
+                continue
+            same = "same tokens" if produced == reference else "different tokens"
+            print(f"    transformers generate_batch ({attention:11s}) {rate:8.0f} tokens/s ({same})")
 
 
 def main() -> None:
-    torch.set_num_threads(1)  # as the engine process runs on a 2-core machine
+    torch.set_num_threads(hardware.cpu_count())
+    print(hardware.describe())
+    print(f"torch threads: {torch.get_num_threads()}")
     directory = ensure_builtin_model()
-    ids = prompt_ids(directory)
-    print(f"{REQUESTS} requests x {NEW_TOKENS} tokens, built-in model, CPU, 1 thread")
-    print(f"  app.engine.BatchLoop                     {batch_loop(directory, ids):8.0f} tokens/s")
-    for attention in ("sdpa", "paged|eager"):
-        rate = transformers_cb(directory, ids, attention)
-        print(f"  transformers generate_batch ({attention:11s}) {rate:8.0f} tokens/s")
+    loaded = load_weights(WeightsSpec(str(directory), "auto", "cpu", 4096), lambda _: None)
+    print(f"built-in model as served here: {loaded.description}")
+
+    def builtin() -> Any:
+        return load_weights(WeightsSpec(str(directory), "auto", "cpu", 4096), lambda _: None).model
+
+    compare("built-in model (Qwen2 shape)", builtin, loaded.model.config.vocab_size, ("sdpa", "paged|eager"))
+    compare("DeepSeek-V3 shape (MLA + MoE), float32", tiny_deepseek_v3, 32000, ("sdpa", "paged|eager"))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from app.engine.types import CacheConfig
 from app.metrics import Metrics
 
 
@@ -12,6 +13,6 @@ def touched_exposition(model: str) -> str:
     server.on_step(rows=1)
     server.on_first_token(0.05)
     server.on_token_gap(0.01)
-    server.model_loaded()
+    server.model_loaded(CacheConfig(num_blocks=4096, block_size=16, prefix_caching=True))
     server.request_finished("/v1/chat/completions", 200, 1.0, prompt_tokens=3, completion_tokens=4)
     return server.render().decode()

@@ -40,11 +40,14 @@ from app.engine.paged_attention import (
     paged_attention_on,
 )
 from app.engine.sampling import make_generator, sample_next_tokens
-from app.engine.types import FinishReason, KVStats, SamplingParams
+from app.engine.step_cost import StepCost
+from app.engine.types import CacheConfig, FinishReason, KVStats, SamplingParams
 
-# Steps that prefill at least this many tokens use every core on a CPU. Measured on 2 cores: 32 prompts of 28
-# tokens prefill in ~25 ms on two threads against ~35 ms on one; one such prompt is faster on one thread.
+# Steps that prefill at least this much work (in tokens at no context: step_cost.py) use every core on a CPU.
+# Measured on 2 cores: 32 prompts of 28 tokens prefill in ~25 ms on two threads against ~35 ms on one; one such
+# prompt is faster on one thread.
 PARALLEL_PREFILL_TOKENS = 256
+MIN_CHUNK_TOKENS = 16  # however deep the context, a chunk makes at least this much progress
 
 BLOCK_SIZE = 16  # tokens per KV block: vLLM's default; a sequence wastes under one block
 DEFAULT_KV_CACHE_TOKENS = 65536  # when neither a token count nor a byte budget is given (tests, benchmarks)
@@ -109,7 +112,10 @@ class BatchLoop:
         # HTTP process mostly waits, so it gets every core; other steps are small, gain nothing from a second
         # thread (a lone prompt's prefill got slower), and leave a core to the HTTP process, which streams tokens.
         self._cpu_threads = cpu_threads
-        shapes, dtype = self._probe()
+        shapes, dtype, self._cost = self._probe()
+        # A step that admitted prompts ran them alone, ahead of the decoding rows: the next one decodes whatever
+        # arrives (so a steady stream of arrivals cannot starve the running rows).
+        self._decode_skipped = False
         self.kv_bytes_per_token = bytes_per_token(shapes, dtype)
         if kv_cache_tokens is None:
             kv_cache_tokens = kv_cache_bytes // self.kv_bytes_per_token if kv_cache_bytes else DEFAULT_KV_CACHE_TOKENS
@@ -123,6 +129,14 @@ class BatchLoop:
     @property
     def kv_cache_tokens(self) -> int:
         return self._blocks.usable_blocks * self._block_size
+
+    @property
+    def step_cost(self) -> StepCost:
+        return self._cost
+
+    @property
+    def cache_config(self) -> CacheConfig:
+        return CacheConfig(self._blocks.usable_blocks, self._block_size, self._blocks.prefix_caching)
 
     @property
     def kv(self) -> KVStats:
@@ -198,7 +212,7 @@ class BatchLoop:
             self.last = StepStats()
             return []
         if self._cpu_threads is not None:
-            prefilling = sum(length for _, length in plan if length > 1)
+            prefilling = sum(self._cost.tokens(length, row.computed) for row, length in plan if length > 1)
             large = prefilling >= PARALLEL_PREFILL_TOKENS
             torch.set_num_threads(self._cpu_threads[0] if large else self._cpu_threads[1])
         outputs = self._forward(plan)
@@ -220,7 +234,7 @@ class BatchLoop:
         chunking = self._chunking
         if chunking is not None:
             left = len(chunking.tokens) - chunking.computed
-            tokens = min(self._chunk_tokens, left) if self._running else left
+            tokens = min(self._chunk_at(chunking.computed), left) if self._running else left
             if self._reserve(chunking, chunking.computed + tokens, preempt=False):
                 plan.append((chunking, tokens))
                 kind = "chunk"
@@ -229,10 +243,21 @@ class BatchLoop:
             if chunk_start:
                 plan.append(chunk_start)
                 kind = "chunk"
+            if whole and plan and not self._decode_skipped:
+                # New prompts run alone, ahead of the decoding rows: a joiner's first token waits for its own
+                # prefill, not for the whole batch's step too. The decoding rows lose one short step, once.
+                self._decode_skipped = True
+                return whole, "prefill"
             if whole:
                 plan.extend(whole)
                 kind = "prefill"
+        self._decode_skipped = False
         return plan, kind
+
+    def _chunk_at(self, context: int) -> int:
+        """The chunk of a prompt after `context` tokens: the chunk setting's worth of work (so a chunk deep in a
+        long prompt, whose tokens attend over more keys, is shorter than the first)."""
+        return self._cost.chunk(self._chunk_tokens, context, min(MIN_CHUNK_TOKENS, self._chunk_tokens))
 
     def _admit(self) -> tuple[list[tuple[_Row, int]], tuple[_Row, int] | None]:
         """The waiting requests to prefill now, in order, within the token budget and the free blocks. While others
@@ -248,10 +273,12 @@ class BatchLoop:
             cached = self._blocks.cached_prefix(candidate.tokens)
             to_compute = len(candidate.tokens) - len(cached) * self._block_size
             streaming = bool(self._running)
-            if self._chunk_tokens and to_compute > self._chunk_tokens and streaming:
-                if self._chunking is None and self._take(candidate, cached, self._chunk_tokens):
+            start = len(candidate.tokens) - to_compute
+            if self._chunk_tokens and streaming and to_compute > self._chunk_at(start):
+                first = self._chunk_at(start)
+                if self._chunking is None and self._take(candidate, cached, first):
                     self._chunking = candidate
-                    chunk_start = (candidate, self._chunk_tokens)
+                    chunk_start = (candidate, first)
                 continue
             if admitted and to_compute > budget:
                 break  # the next step prefills it; long prompts never starve the running batch for long
@@ -330,7 +357,7 @@ class BatchLoop:
             if end == len(row.tokens):  # its whole context is in: the logits give its next token
                 sampled.append(row)
                 last_index.append(offset - 1)
-        layout = StepLayout(segments, self._device)
+        layout = StepLayout(segments, self._device, self._model.dtype)
         with paged_attention_on(self._model):
             output = self._model(
                 input_ids=torch.tensor([ids], dtype=torch.long, device=self._device),
@@ -385,10 +412,12 @@ class BatchLoop:
                 self._release(row)
         self._running = [row for row in self._running if not row.done]
 
-    def _probe(self) -> tuple[list[list[tuple[int, int]]], torch.dtype]:
-        """What each layer caches per token (heads and width of each tensor), from a one-token forward pass."""
+    def _probe(self) -> tuple[list[list[tuple[int, int]]], torch.dtype, StepCost]:
+        """What each layer caches per token (heads and width of each tensor) and what its tokens cost to compute,
+        from a one-token forward pass."""
         probe = ShapeProbe()
         layout = StepLayout([Segment(torch.tensor([1]), 1)], self._device)
+        layout.widths = []
         one = torch.zeros((1, 1), dtype=torch.long, device=self._device)
         with torch.inference_mode(), paged_attention_on(self._model):
             self._model(
@@ -397,4 +426,4 @@ class BatchLoop:
         if not probe.shapes:
             raise TypeError(f"{type(self._model).__name__} cached nothing through its cache: it cannot be served paged")
         shapes = [probe.shapes[index] for index in sorted(probe.shapes)]
-        return shapes, probe.dtype
+        return shapes, probe.dtype, StepCost.of(self._model, layout.widths)

@@ -30,7 +30,15 @@ from app.engine.messages import (
     ToEngine,
 )
 from app.engine.text import Decoder, IncrementalText
-from app.engine.types import EngineDeadError, FinishReason, KVStats, QueueFullError, SamplingParams, TokenEvent
+from app.engine.types import (
+    CacheConfig,
+    EngineDeadError,
+    FinishReason,
+    KVStats,
+    QueueFullError,
+    SamplingParams,
+    TokenEvent,
+)
 from app.engine.wire import BlockingReader, FrameDecoder, LoopReader, LoopWriter
 from app.engine.worker import WorkerSpec, run_worker
 from app.model.loader import ModelLoadError
@@ -80,6 +88,7 @@ class EngineClient:
         self._reader: LoopReader | None = None
         self.failure: str | None = None
         self.description = ""
+        self.cache_config: CacheConfig | None = None  # set once the engine is ready
         self._closing = False
         self._spawning = threading.Lock()
 
@@ -118,8 +127,8 @@ class EngineClient:
                         progress(text)
                     case Failed(reason):
                         raise ModelLoadError(reason)
-                    case Ready(description):
-                        self.description = description
+                    case Ready(description, cache):
+                        self.description, self.cache_config = description, cache
                         break
                     case unknown:
                         raise ModelLoadError(f"the engine sent {unknown!r} while loading")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from app.engine.types import KVStats, SamplingParams
+from app.engine.types import CacheConfig, KVStats, SamplingParams
 
 
 class Add(NamedTuple):
@@ -35,6 +35,7 @@ class Ready(NamedTuple):
     """The model is loaded and warmed up; `description` names it for the log."""
 
     description: str
+    cache: CacheConfig
 
 
 class Failed(NamedTuple):

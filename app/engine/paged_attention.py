@@ -48,29 +48,37 @@ class _Group:
     query_index: torch.Tensor  # [rows * queries] flat token index of each padded query
     out_index: torch.Tensor | None  # flat token index of each real query (None: every padded query is real)
     real: torch.Tensor | None  # which padded queries are real
-    mask: torch.Tensor | None  # [rows, 1, queries, keys] True where a query may look
+    # (first, end) when the group's queries are the step's tokens first..end in order, none padded (one prompt, or
+    # decode rows next to each other): its queries and outputs are then plain slices, not index copies
+    span: tuple[int, int] | None
+    mask: torch.Tensor | None  # [rows, 1, queries, keys] 0 where a query may look, -inf where it may not
     causal: bool  # no mask needed beyond is_causal
 
 
 class StepLayout:
     """Where a step's new tokens go and what each of its sequences attends over; built once, used by every layer."""
 
-    def __init__(self, segments: list[Segment], device: torch.device) -> None:
+    def __init__(self, segments: list[Segment], device: torch.device, dtype: torch.dtype = torch.float32) -> None:
         starts, position = [], 0
         for segment in segments:
             starts.append(position)
             position += segment.length
         self.tokens = position
+        # When set (a probe pass), each layer's attention adds heads × (query width + value width): what the step's
+        # cost model needs to know of the model's attention (for MLA, the widths after the latents are expanded).
+        self.widths: list[int] | None = None
         self.write_slots = torch.cat([s.slots[-s.length :] for s in segments]).to(device)
         order = sorted(range(len(segments)), key=lambda i: (segments[i].length, segments[i].slots.numel()))
         gathers: list[torch.Tensor] = []
         self.groups: list[_Group] = []
         key_start = 0
         for members in _group(order, segments):
-            group = _build_group([segments[i] for i in members], [starts[i] for i in members], key_start, gathers)
+            grouped = [segments[i] for i in members]
+            group = _build_group(grouped, [starts[i] for i in members], key_start, gathers, dtype)
             key_start += group.rows * group.keys
             self.groups.append(_move(group, device))
         self.gather = torch.cat(gathers).to(device)
+        self.whole = len(self.groups) == 1 and self.groups[0].span == (0, self.tokens)
 
 
 def _group(order: list[int], segments: list[Segment]) -> Iterator[list[int]]:
@@ -91,7 +99,9 @@ def _group(order: list[int], segments: list[Segment]) -> Iterator[list[int]]:
         yield members
 
 
-def _build_group(segments: list[Segment], starts: list[int], key_start: int, gathers: list[torch.Tensor]) -> _Group:
+def _build_group(
+    segments: list[Segment], starts: list[int], key_start: int, gathers: list[torch.Tensor], dtype: torch.dtype
+) -> _Group:
     rows = len(segments)
     lengths = torch.tensor([s.length for s in segments])
     contexts = torch.tensor([s.slots.numel() for s in segments])
@@ -105,13 +115,17 @@ def _build_group(segments: list[Segment], starts: list[int], key_start: int, gat
     query_index = (torch.tensor(starts).unsqueeze(1) + offset).flatten()
     real = (torch.arange(queries).unsqueeze(0) < lengths.unsqueeze(1)).flatten()
     all_real = bool(real.all())
+    first = int(query_index[0])
+    consecutive = all_real and bool((query_index == torch.arange(first, first + query_index.numel())).all())
     uniform = bool((lengths == queries).all() and (contexts == keys).all())
     causal = uniform and queries == keys  # whole prompts of one length: plain causal attention
     mask = None
     if not (causal or (uniform and queries == 1)):  # decode rows of one length see every key: no mask either
         # Query i of a row sits at context position (context - length + i) and sees every key up to it.
         limit = (contexts - lengths).unsqueeze(1) + offset
-        mask = (torch.arange(keys).view(1, 1, keys) <= limit.unsqueeze(2)).unsqueeze(1)
+        visible = (torch.arange(keys).view(1, 1, keys) <= limit.unsqueeze(2)).unsqueeze(1)
+        # Additive, in the model's dtype: SDPA would otherwise convert a boolean mask in every layer.
+        mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, float("-inf"))
     return _Group(
         rows=rows,
         queries=queries,
@@ -120,6 +134,7 @@ def _build_group(segments: list[Segment], starts: list[int], key_start: int, gat
         query_index=query_index,
         out_index=None if all_real else query_index[real],
         real=None if all_real else real,
+        span=(first, first + query_index.numel()) if consecutive else None,
         mask=mask,
         causal=causal,
     )
@@ -196,9 +211,12 @@ def paged_attention(
     layout: StepLayout = kwargs[LAYOUT_KWARG]
     query, key, value = query[0], key[0], value[0]
     heads, kv_heads = query.shape[0], key.shape[0]
-    out = query.new_empty((layout.tokens, heads, value.shape[-1]))
+    if layout.widths is not None:
+        layout.widths.append(heads * (query.shape[-1] + value.shape[-1]))
+    out = query.new_empty((0 if layout.whole else layout.tokens, heads, value.shape[-1]))
     for group in layout.groups:
-        q = query.index_select(1, group.query_index).view(heads, group.rows, group.queries, -1).transpose(0, 1)
+        picked = query[:, group.span[0] : group.span[1]] if group.span else query.index_select(1, group.query_index)
+        q = picked.view(heads, group.rows, group.queries, -1).transpose(0, 1)
         span = slice(group.key_start, group.key_start + group.rows * group.keys)
         k = key[:, span].reshape(kv_heads, group.rows, group.keys, -1).transpose(0, 1)
         v = value[:, span].reshape(kv_heads, group.rows, group.keys, -1).transpose(0, 1)
@@ -206,7 +224,11 @@ def paged_attention(
             q, k, v, attn_mask=group.mask, is_causal=group.causal, scale=scaling, enable_gqa=heads != kv_heads
         )  # [rows, heads, queries, dim]
         flat = attended.transpose(1, 2).reshape(group.rows * group.queries, heads, -1)
-        if group.real is None:
+        if layout.whole:
+            return flat.unsqueeze(0), None  # one group, every token in order: its output is the step's
+        if group.span is not None:
+            out[group.span[0] : group.span[1]] = flat
+        elif group.real is None:
             out.index_copy_(0, group.query_index, flat)
         else:
             assert group.out_index is not None

@@ -39,6 +39,14 @@ class KVStats(NamedTuple):
     preemptions: int  # sequences sent back to the queue because the cache was full
 
 
+class CacheConfig(NamedTuple):
+    """The KV cache's shape, fixed once the engine has loaded: operators compute its capacity in tokens from it."""
+
+    num_blocks: int  # blocks sequences can hold (the pad block not counted)
+    block_size: int  # tokens a block holds
+    prefix_caching: bool
+
+
 @dataclass(frozen=True)
 class TokenEvent:
     """New text for one request. `finish_reason` is set on the last event of a request, which may carry text too."""

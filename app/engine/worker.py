@@ -122,7 +122,7 @@ def run_worker(inbox: Connection, outbox: Connection, spec: WorkerSpec) -> None:
             send(Failed(f"the model could not be loaded: {type(error).__name__}: {error}"))
             return
         gc.freeze()  # the model and libraries live as long as the process: keep the collector from walking them
-        send(Ready(weights.description))
+        send(Ready(weights.description, loop.cache_config))
         _serve(loop, BlockingReader(inbox.fileno()), send)
     except (EOFError, BrokenPipeError, OSError):
         return  # the API process closed the pipes (shutdown) or is gone: nothing left to serve
@@ -141,7 +141,7 @@ WARM_UP_TOKENS = 2048  # prompt tokens of the full-batch warm-up prefill, at mos
 
 def _warm_up(loop: BatchLoop, max_batch_size: int, chunk_tokens: int) -> None:
     """Generate before saying ready, so the first clients do not pay for lazy initialisation: one short request
-    alone (the lone path), then a full batch joining it while it runs (group prefill, cache merge, batched decode),
+    alone (the lone path), then a full batch joining it while it runs (group prefill, batched decode over the pool),
     and, with chunked prefill on, a prompt of two chunks prefilled beside them.
 
     Measured on the built-in model: the first prefill of a 31-prompt burst took 35-40 ms after the lone warm-up

@@ -6,6 +6,7 @@ server, are in test_server_lifecycle.py."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 
 import httpx
@@ -262,6 +263,13 @@ def test_health_ready_and_metrics(server: LiveServer) -> None:
         assert f"{name}{{" in text, name
     assert server.metric(PROMPT_TOKENS.name) > 0
     assert 'endpoint="/v1/chat/completions"' in text
+    # The cache's shape, as the engine logged its capacity when it loaded.
+    info = next(line for line in text.splitlines() if line.startswith("deepseek_cache_config_info{"))
+    labels = dict(re.findall(r'(\w+)="([^"]*)"', info))
+    logged = re.search(r"KV cache: (\d+) tokens", server.logs())
+    assert logged is not None
+    assert labels["block_size"] == "16" and labels["enable_prefix_caching"] == "true"
+    assert int(labels["block_size"]) * int(labels["num_blocks"]) == int(logged[1])
 
 
 def test_one_json_log_line_per_request(server: LiveServer) -> None:

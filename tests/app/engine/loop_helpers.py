@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import torch
+from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
 from app.engine.batch_loop import BatchLoop, StepOutput
 from app.engine.types import FinishReason, SamplingParams
 
@@ -48,3 +51,33 @@ class Driver:
 
     def finishes(self, request_id: int) -> list[FinishReason | None]:
         return [o.finish for o in self.outputs[request_id]]
+
+
+def tiny_deepseek_v3() -> DeepseekV3ForCausalLM:
+    """DeepSeek-V3's architecture at toy size: multi-head latent attention, shared and routed experts (top 2 of 4)."""
+    torch.manual_seed(0)
+    config = DeepseekV3Config(
+        vocab_size=1000,
+        hidden_size=64,
+        intermediate_size=128,
+        moe_intermediate_size=32,
+        num_hidden_layers=3,
+        first_k_dense_replace=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        n_routed_experts=4,
+        n_shared_experts=1,
+        num_experts_per_tok=2,
+        n_group=1,
+        topk_group=1,
+        kv_lora_rank=16,
+        q_lora_rank=32,
+        qk_rope_head_dim=8,
+        qk_nope_head_dim=16,
+        v_head_dim=16,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+    )
+    model = DeepseekV3ForCausalLM(config)
+    model.train(False)  # inference mode for dropout and the router
+    return model

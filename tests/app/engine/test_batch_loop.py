@@ -286,10 +286,23 @@ def test_prefill_token_budget_splits_admission_across_steps(model: Any, prompts:
 
     assert [o.request_id for o in loop.step()] == [0]
     assert (loop.last.kind, loop.running, loop.waiting) == ("prefill", 1, 1)
-    assert [o.request_id for o in loop.step()] == [0, 1]  # prefilled in the same pass as the running row's token
+    assert [o.request_id for o in loop.step()] == [1]  # prefilled alone, ahead of the running row's token
     assert (loop.last.kind, loop.running, loop.waiting) == ("prefill", 2, 0)
     assert sorted(o.request_id for o in loop.step()) == [0, 1]
     assert loop.last.kind == "decode"
+
+
+def test_new_prompts_run_ahead_of_decoding_rows_but_never_twice_in_a_row(model: Any, prompts: list[list[int]]) -> None:
+    """A joiner's first token waits for its own prefill only; a steady stream of joiners cannot starve the batch."""
+    loop = BatchLoop(model, {1}, max_batch_size=8)
+    loop.add(0, prompts[1], greedy())
+    loop.step()
+    loop.add(1, prompts[2], greedy())
+    assert [o.request_id for o in loop.step()] == [1]  # the new prompt alone
+    loop.add(2, prompts[3], greedy())
+    assert sorted(o.request_id for o in loop.step()) == [0, 1, 2]  # then everyone, the next joiner included
+    loop.add(3, prompts[4], greedy())
+    assert [o.request_id for o in loop.step()] == [3]
 
 
 def test_a_prompt_longer_than_the_prefill_budget_is_still_admitted(model: Any, prompts: list[list[int]]) -> None:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+from transformers import DeepseekV3ForCausalLM
 
 from app.engine.batch_loop import BatchLoop
 from app.engine.types import SamplingParams
+from tests.app.engine.loop_helpers import tiny_deepseek_v3
 
 PROMPTS = {0: [5, 6, 7, 8, 9], 1: [11, 12], 2: [20, 21, 22, 23, 24, 25, 26, 27]}
 NEW_TOKENS = 10
@@ -17,32 +18,7 @@ NEW_TOKENS = 10
 
 @pytest.fixture(scope="module")
 def model() -> DeepseekV3ForCausalLM:
-    torch.manual_seed(0)
-    config = DeepseekV3Config(
-        vocab_size=1000,
-        hidden_size=64,
-        intermediate_size=128,
-        moe_intermediate_size=32,
-        num_hidden_layers=3,
-        first_k_dense_replace=1,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        n_routed_experts=4,
-        n_shared_experts=1,
-        num_experts_per_tok=2,
-        n_group=1,
-        topk_group=1,
-        kv_lora_rank=16,
-        q_lora_rank=32,
-        qk_rope_head_dim=8,
-        qk_nope_head_dim=16,
-        v_head_dim=16,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-    )
-    model = DeepseekV3ForCausalLM(config)
-    model.train(False)  # inference mode for dropout and the router
-    return model
+    return tiny_deepseek_v3()
 
 
 def test_mla_requests_joining_mid_batch_match_generate_alone(model: DeepseekV3ForCausalLM) -> None:

@@ -310,17 +310,17 @@ def test_warm_up_runs_the_lone_path_then_a_full_batch_joining_it(builtin_weights
     loop = Recorded(chunk_tokens=0)
     worker._warm_up(loop, max_batch_size=8, chunk_tokens=0)
     assert loop.idle
-    # lone, then a group prefilled in the same pass as its token, then the full batch
-    assert loop.kinds[:3] == [("prefill", 1), ("prefill", 8), ("decode", 8)]
+    # lone, then a group prefilled alone (ahead of the running row's token), then the full batch
+    assert loop.kinds[:3] == [("prefill", 1), ("prefill", 7), ("decode", 8)]
     assert loop.kv == KVStats(0.0, 0, 0, 0)  # the warm-up's prompts are neither counted nor cached
 
-    # With chunked prefill on, a two-chunk prompt is prefilled beside the batch, a chunk a step (the batch's own
-    # prompts, 64 tokens, are short enough to be prefilled whole).
+    # With chunked prefill on, a prompt of two chunks' work is prefilled beside the batch, a chunk a step (the
+    # batch's own prompts, 64 tokens, are short enough to be prefilled whole).
     loop = Recorded(chunk_tokens=64)
     worker._warm_up(loop, max_batch_size=8, chunk_tokens=64)
     assert loop.idle
-    # it holds a batch slot while its chunks run; the lone request (3 tokens) has finished by the decode
-    assert loop.kinds[:4] == [("prefill", 1), ("prefill", 8), ("chunk", 8), ("decode", 7)]
+    # it holds a batch slot while its chunks run (its first chunk starts once the group has been prefilled)
+    assert loop.kinds[:4] == [("prefill", 1), ("prefill", 6), ("chunk", 8), ("chunk", 8)]
 
 
 class FailingStepLoop(RecordingLoop):
