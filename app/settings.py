@@ -206,8 +206,9 @@ OPTIONS: tuple[_Option, ...] = (
         "prefill_chunk_tokens",
         "--prefill-chunk-tokens",
         "PREFILL_CHUNK_TOKENS",
-        "a longer prompt that arrives while others stream is prefilled this many tokens a step, between their "
-        "tokens; 0: every prompt whole (default: 256 on a CPU, 2048 on a GPU)",
+        "a longer prompt that arrives while others stream is prefilled a chunk a step, between their tokens, each "
+        "chunk costing what this many tokens cost at the prompt's start (deeper chunks are shorter); 0: every "
+        "prompt whole (default: 256 on a CPU, 2048 on a GPU)",
         _int_at_least(0),
     ),
     _Option(

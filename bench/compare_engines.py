@@ -12,6 +12,8 @@ Each line gives tokens/s over the whole workload (prefill included) and whether 
 
 from __future__ import annotations
 
+import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -19,6 +21,7 @@ from typing import Any
 
 import torch
 from transformers import DeepseekV3Config, DeepseekV3ForCausalLM, GenerationConfig
+from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
 from app.engine.batch_loop import BatchLoop
 from app.engine.types import SamplingParams
@@ -53,13 +56,39 @@ def batch_loop(model: Any, prompts: list[list[int]], new_tokens: int) -> tuple[f
     return sum(map(len, produced)) / (time.perf_counter() - started), produced
 
 
+class _Errors(logging.Handler):
+    """transformers' continuous batching logs a failed step and returns what it has: keep the first error."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.first: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if self.first is None and "psutil" not in message:
+            self.first = message
+
+
 def transformers_cb(model: Any, prompts: list[list[int]], new_tokens: int) -> tuple[float, list[list[int]]]:
     config = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, eos_token_id=-1, pad_token_id=0)  # type: ignore[no-untyped-call]
-    started = time.perf_counter()
-    outputs = model.generate_batch(inputs=prompts, generation_config=config)
-    seconds = time.perf_counter() - started
+    # Its cache sized to the workload (by default it takes a share of the machine's memory, which on a CPU
+    # without psutil ran this machine out of memory).
+    page = 256
+    blocks = sum(math.ceil((len(prompt) + new_tokens) / page) + 1 for prompt in prompts)
+    batching = ContinuousBatchingConfig(page_size=page, num_blocks=blocks)
+    errors = _Errors()
+    logger = logging.getLogger("ContinuousBatchingLogger")
+    logger.addHandler(errors)
+    try:
+        started = time.perf_counter()
+        outputs = model.generate_batch(inputs=prompts, generation_config=config, continuous_batching_config=batching)
+        seconds = time.perf_counter() - started
+    finally:
+        logger.removeHandler(errors)
     by_order = [outputs[key] for key in sorted(outputs, key=lambda key: int(str(key).rsplit("_", 1)[-1]))]
     produced = [list(output.generated_tokens) for output in by_order]
+    if sum(map(len, produced)) < len(prompts) * new_tokens:
+        raise RuntimeError(errors.first or "fewer tokens than asked for, and no error logged")
     return sum(map(len, produced)) / seconds, produced
 
 

@@ -146,18 +146,22 @@ class Figures:
         return held / live
 
     async def _kv_tokens_held(self) -> float:
-        text = await Connection(self.base_url, self.api_key).get_text("/metrics")
-        usage = re.search(r"^deepseek_kv_cache_usage_perc\{[^}]*\} (\S+)$", text, re.MULTILINE)
-        info = re.search(r"^deepseek_cache_config_info\{([^}]*)\}", text, re.MULTILINE)
-        if usage is None or info is None:
-            raise RuntimeError("the server's /metrics reports no KV cache usage or cache config")
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', info[1]))
-        return float(usage[1]) * int(labels["num_blocks"]) * int(labels["block_size"])
+        return kv_tokens_held(await Connection(self.base_url, self.api_key).get_text("/metrics"))
 
     async def stall(self) -> float:
         _, streams = await self._while_streaming(streams=8, stream_words=20, probe_words=3000)
         gaps = [later - earlier for r in streams for earlier, later in itertools.pairwise(r.token_times)]
         return max(gaps) / statistics.median(gaps)
+
+
+def kv_tokens_held(text: str) -> float:
+    """Tokens' worth of KV blocks held, from a server's /metrics text: usage × num_blocks × block_size."""
+    usage = re.search(r"^deepseek_kv_cache_usage_perc\{[^}]*\} (\S+)$", text, re.MULTILINE)
+    info = re.search(r"^deepseek_cache_config_info\{([^}]*)\}", text, re.MULTILINE)
+    if usage is None or info is None:
+        raise RuntimeError("the server's /metrics reports no KV cache usage or cache config")
+    labels = dict(re.findall(r'(\w+)="([^"]*)"', info[1]))
+    return float(usage[1]) * int(labels["num_blocks"]) * int(labels["block_size"])
 
 
 async def run(base_url: str, api_key: str | None, model: str | None) -> None:

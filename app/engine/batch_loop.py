@@ -3,7 +3,9 @@ they finish.
 
 Each `step()` runs one forward pass over every scheduled sequence, flattened (paged_attention.py): a token for each
 running request, the prompts admitted this step (within a token budget), and the next chunk of a prompt being
-prefilled in chunks. It returns the token each request got. Pure and synchronous: the engine worker process drives
+prefilled in chunks. Prompts admitted while others decode run in a pass of their own first, so a newcomer's first
+token does not wait for the whole batch's step (never two such passes in a row). It returns the token each request
+got. Pure and synchronous: the engine worker process drives
 it; tests drive it directly.
 
 KV memory is a pool of fixed-size blocks (kv_blocks.py): a sequence holds the blocks its tokens fill, and a prompt
@@ -13,10 +15,12 @@ block and none is left, the most recently admitted sequence is preempted: it let
 the head of the queue with every token it has so far, to be prefilled again (mostly from the prefix cache) and
 carry on where it stopped.
 
-Chunked prefill: a prompt longer than `prefill_chunk_tokens` that arrives while other requests stream is prefilled a
-chunk per step beside their tokens, so they keep coming (one long prefill would stall every stream for its whole
-length). On an idle loop a long prompt is prefilled whole (so is the rest of one whose streams all ended): nobody is
-waiting on it, and one pass is the fastest way to its first token.
+Chunked prefill: a prompt that costs more than `prefill_chunk_tokens` (in tokens at no context: step_cost.py) and
+arrives while other requests stream is prefilled a chunk per step beside their tokens, so they keep coming (one long
+prefill would stall every stream for its whole length). Each chunk costs about the same, so chunks deep in a long
+prompt, whose tokens attend over more keys, are shorter. On an idle loop a long prompt is prefilled whole (so is
+the rest of one whose streams all ended): nobody is waiting on it, and one pass is the fastest way to its first
+token.
 """
 
 from __future__ import annotations

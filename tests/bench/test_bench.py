@@ -8,7 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from app.engine.types import CacheConfig, KVStats
+from app.metrics import Metrics
 from bench.__main__ import percentile
+from bench.engine_figures import kv_tokens_held
 from bench.local_server import resident_mib
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,3 +61,13 @@ def test_bench_refuses_bad_arguments() -> None:
     assert result.returncode == 2
     assert "--concurrency" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_memory_figure_reads_the_kv_cache_the_server_exposes() -> None:
+    """bench.engine_figures reads the blocks held from what app.metrics writes: usage × num_blocks × block_size."""
+    server = Metrics("m")
+    server.model_loaded(CacheConfig(num_blocks=100, block_size=16, prefix_caching=True))
+    server.on_kv(KVStats(usage=0.25, prefix_queries=0, prefix_hits=0, preemptions=0))
+    assert kv_tokens_held(server.render().decode()) == 400
+    with pytest.raises(RuntimeError, match="no KV cache usage"):
+        kv_tokens_held("deepseek_model_loaded 1\n")
