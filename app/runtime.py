@@ -17,6 +17,7 @@ from typing import Any
 from app.engine.client import EngineClient
 from app.engine.worker import KVCacheSpec, WorkerSpec
 from app.metrics import Metrics
+from app.model.conventions import generation_defaults
 from app.model.loader import ModelLoadError, WeightsSpec, load_tokenizer, resolve_source
 from app.settings import Settings
 
@@ -36,6 +37,7 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.model_name = settings.model_name
+        self.defaults = generation_defaults(settings.r1)
         self.metrics = Metrics(self.model_name)
         self.served: Served | None = None
         self.load_error: str | None = None

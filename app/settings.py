@@ -38,6 +38,7 @@ class Settings:
     kv_cache_memory_fraction: float | None = None  # None: by device (app.engine.worker.KV_CACHE_FRACTION)
     enable_prefix_caching: bool = True
     block_size: int = 16
+    r1_defaults: bool | None = None  # None: when the model source names an R1 checkpoint
     api_keys: tuple[str, ...] = ()
     # The pod's grace period must cover preStop pause + drain + a few seconds to close (the stack sets
     # terminationGracePeriodSeconds = preStop + drain + 5 s); 25 s keeps the whole shutdown near a minute at most.
@@ -51,6 +52,13 @@ class Settings:
         from app.model.builtin import BUILTIN_MODEL_NAME
 
         return self.served_model_name or self.model or BUILTIN_MODEL_NAME
+
+    @property
+    def r1(self) -> bool:
+        """Whether DeepSeek-R1's recommended request defaults apply (app.model.conventions)."""
+        from app.model.conventions import is_r1_checkpoint
+
+        return self.r1_defaults if self.r1_defaults is not None else is_r1_checkpoint(self.model)
 
 
 @dataclass(frozen=True)
@@ -141,6 +149,15 @@ def _bool(raw: str) -> bool:
     if value in ("false", "0", "no", "off"):
         return False
     raise SettingsError(f"expected true or false, got {raw!r}")
+
+
+def _auto_bool(raw: str) -> bool | None:
+    if raw.strip().lower() == "auto":
+        return None
+    try:
+        return _bool(raw)
+    except SettingsError:
+        raise SettingsError(f"expected true, false or auto, got {raw!r}") from None
 
 
 def _block_size(raw: str) -> int:
@@ -240,6 +257,15 @@ OPTIONS: tuple[_Option, ...] = (
         "tokens per KV-cache block, the unit of allocation and of prefix reuse (default 16)",
         _block_size,
     ),
+    _Option(
+        "r1_defaults",
+        "--r1-defaults",
+        "R1_DEFAULTS",
+        "DeepSeek-R1's recommended defaults for what a request leaves out: temperature 0.6, top_p 0.95, and the "
+        "response opened with <think>; true, false or auto (default auto: when the model names an R1 checkpoint, "
+        "e.g. deepseek-ai/DeepSeek-R1-Distill-Qwen-7B)",
+        _auto_bool,
+    ),
     _Option("api_keys", "--api-key", "API_KEYS", "comma-separated API keys; unset: no authentication", _keys),
     _Option(
         "drain_timeout",
@@ -312,6 +338,7 @@ UNSET_MEANS = {
     "prefill_chunk_tokens": "by device",
     "kv_cache_memory": "by fraction",
     "kv_cache_memory_fraction": "by device",
+    "r1_defaults": "auto",
 }
 
 

@@ -13,7 +13,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,7 +25,7 @@ from app.api.request_record import record_of
 from app.api.streaming import EventStreamResponse
 from app.engine.client import EngineClient
 from app.engine.client import Request as EngineRequest
-from app.engine.types import FinishReason
+from app.engine.types import FinishReason, TokenEvent
 
 FIRST_EVENT_WAIT_S = 1.0  # see event_stream
 CLIENT_GONE = 499  # the status logged for a request whose client disconnected before its answer was ready
@@ -42,8 +42,9 @@ class Outcome:
 class ChunkFormatter(Protocol):
     """The chunks of one route's stream."""
 
-    def text(self, text: str, final: bool) -> list[dict[str, Any]]:
-        """Chunks for newly generated text (`final`: the last text of the generation)."""
+    def text(self, text: str, final: bool, completion_tokens: int) -> list[dict[str, Any]]:
+        """Chunks for newly generated text (`final`: the last text of the generation; `completion_tokens`: the
+        tokens generated so far)."""
 
     def finish(self, reason: FinishReason) -> dict[str, Any]:
         """The chunk that carries finish_reason."""
@@ -75,21 +76,32 @@ def envelope(completion_id: str, kind: str, created: int, model: str, choice: di
     }
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
+def usage(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int | None = None) -> dict[str, Any]:
+    """OpenAI's usage object; chat answers also say how many completion tokens were reasoning."""
+    counts: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+    if reasoning_tokens is not None:
+        counts["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
+    return counts
 
 
-async def collect(engine: EngineClient, sequence: EngineRequest, request: Request) -> Outcome | None:
-    """Wait for the whole answer. If the client disconnects meanwhile, cancel the generation and return None
-    (logged as 499, nginx's "client closed request")."""
+async def collect(
+    engine: EngineClient,
+    sequence: EngineRequest,
+    request: Request,
+    observe: Callable[[TokenEvent], None] | None = None,
+) -> Outcome | None:
+    """Wait for the whole answer (`observe` sees each event on the way). If the client disconnects meanwhile,
+    cancel the generation and return None (logged as 499, nginx's "client closed request")."""
 
     async def consume() -> Outcome:
         parts: list[str] = []
         async for event in engine.stream(sequence):
+            if observe is not None:
+                observe(event)
             parts.append(event.text)
             if event.finish_reason is not None:
                 if event.error is not None:
@@ -134,7 +146,7 @@ async def stream_chunks(
             if event.error is not None:
                 raise GenerationError(event.error)
             record.completion_tokens = event.completion_tokens
-            for chunk in formatter.text(event.text, event.finish_reason is not None):
+            for chunk in formatter.text(event.text, event.finish_reason is not None, event.completion_tokens):
                 yield sse(chunk)
             if event.finish_reason is not None:
                 yield sse(formatter.finish(event.finish_reason))

@@ -54,10 +54,48 @@ class ReasoningSplitter:
             self._skip_newlines = True
         return "".join(reasoning), "".join(content)
 
+    @property
+    def in_reasoning(self) -> bool:
+        return self._in_reasoning
+
+    @property
+    def closed(self) -> bool:
+        """The reasoning block has ended (its </think> has been seen)."""
+        return self._seen_close
+
     def finish(self) -> tuple[str, str]:
         """The text has ended: anything held back is plain text of the current part."""
         rest, self._buffer = self._buffer, ""
         return (rest, "") if self._in_reasoning else ("", rest)
+
+
+class ReasoningTokens:
+    """How many of a generation's tokens were reasoning, for usage.completion_tokens_details.reasoning_tokens: from
+    the token that opened the block (or the first, when the prompt opened it) to the one that closed it (its
+    </think> counted, as DeepSeek's API counts), or to the last while it is still open. Fed the generation's text
+    as it comes with the completion tokens so far; text held back across events (a partial tag, a possible stop
+    string) counts at the event that released it."""
+
+    def __init__(self, starts_in_reasoning: bool = False) -> None:
+        self._splitter = ReasoningSplitter(starts_in_reasoning)
+        self._at_open: int | None = 0 if starts_in_reasoning else None
+        self._at_close: int | None = None
+
+    def feed(self, text: str, completion_tokens: int) -> None:
+        if self._at_close is not None:
+            return
+        before = completion_tokens - 1
+        self._splitter.feed(text)
+        if self._at_open is None and (self._splitter.in_reasoning or self._splitter.closed):
+            self._at_open = before
+        if self._splitter.closed:
+            self._at_close = completion_tokens
+
+    def count(self, completion_tokens: int) -> int:
+        if self._at_open is None:
+            return 0
+        end = self._at_close if self._at_close is not None else completion_tokens
+        return max(0, end - self._at_open)
 
 
 def split_reasoning(text: str, starts_in_reasoning: bool = False) -> tuple[str | None, str]:

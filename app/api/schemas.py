@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.engine.types import SamplingParams
+from app.model.conventions import GenerationDefaults
 
 MAX_STOP_STRINGS = 4
 MAX_STOP_LENGTH = 256  # each stop string is searched for at every token: keep that cheap
@@ -83,8 +84,9 @@ class _GenerationRequest(BaseModel):
 
     model: str = Field(min_length=1)
     max_tokens: Annotated[int, Field(ge=1)] | None = None
-    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
-    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    # Unset: the served model's defaults (1.0, or DeepSeek-R1's recommended 0.6 and 0.95: app.model.conventions).
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     stop: (
         Annotated[str, Field(max_length=MAX_STOP_LENGTH)]
         | Annotated[list[Annotated[str, Field(max_length=MAX_STOP_LENGTH)]], Field(max_length=MAX_STOP_STRINGS)]
@@ -130,11 +132,11 @@ class _GenerationRequest(BaseModel):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def sampling(self, max_tokens: int) -> SamplingParams:
+    def sampling(self, max_tokens: int, defaults: GenerationDefaults) -> SamplingParams:
         return SamplingParams(
             max_tokens=max_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
+            temperature=defaults.temperature if self.temperature is None else self.temperature,
+            top_p=defaults.top_p if self.top_p is None else self.top_p,
             seed=self.seed,
             stop=self.stop_strings,
             ignore_eos=self.ignore_eos,

@@ -137,20 +137,43 @@ def test_thinking_output_arrives_as_reasoning_content(server: LiveServer) -> Non
     # With thinking on, DeepSeek's template opens <think> in the prompt: until the model closes it, all text is
     # reasoning. The built-in model's random weights never close it, so everything lands in reasoning_content.
     body = {"chat_template_kwargs": {"thinking": True}, "temperature": 0, "max_tokens": 8}
-    whole = chat(server, **body).json()["choices"][0]["message"]
+    answer = chat(server, **body).json()
+    whole = answer["choices"][0]["message"]
     assert whole["reasoning_content"]
+    assert whole["reasoning"] == whole["reasoning_content"]  # vLLM's newer name beside DeepSeek's
     assert whole["content"] == ""
+    assert "</think>" not in whole["reasoning_content"]  # never closed: every token was reasoning
+    assert answer["usage"]["completion_tokens_details"] == {"reasoning_tokens": answer["usage"]["completion_tokens"]}
     api = client(server)
-    chunks = api.chat.completions.create(
-        model=MODEL,
-        messages=[{"role": "user", "content": "Hello"}],
-        max_tokens=8,
-        temperature=0,
-        stream=True,
-        extra_body={"chat_template_kwargs": {"thinking": True}},
+    chunks = list(
+        api.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Hello"}],
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"chat_template_kwargs": {"thinking": True}},
+        )
     )
-    reasoning = "".join(getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks if c.choices)
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    reasoning = "".join(getattr(d, "reasoning_content", None) or "" for d in deltas)
     assert reasoning == whole["reasoning_content"]
+    assert reasoning == "".join(getattr(d, "reasoning", None) or "" for d in deltas)
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens_details is not None
+    assert usage.completion_tokens_details.reasoning_tokens == usage.completion_tokens == 8
+
+
+def test_an_answer_without_reasoning_counts_no_reasoning_tokens(server: LiveServer) -> None:
+    answer = chat(server, temperature=0, max_tokens=6).json()
+    assert answer["choices"][0]["message"]["content"]
+    assert answer["usage"]["completion_tokens_details"] == {"reasoning_tokens": 0}
+    reply = client(server).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=6, temperature=0
+    )
+    assert reply.usage is not None and reply.usage.completion_tokens_details is not None
+    assert reply.usage.completion_tokens_details.reasoning_tokens == 0
 
 
 # ----- every kind of bad request is a 400 in OpenAI's error shape -----

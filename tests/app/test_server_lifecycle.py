@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -182,3 +183,25 @@ def test_drain_timeout_ends_streams_with_an_error_event(model_cache: Path, tmp_p
     finally:
         stop(server)
     assert "Traceback" not in server.logs()
+
+
+def test_r1_defaults_apply_to_what_a_request_leaves_out(model_cache: Path, tmp_path: Path) -> None:
+    """With DeepSeek-R1's conventions on (as for an R1 checkpoint): temperature 0.6 and top_p 0.95 unless the
+    request sets them, and the answer opened with <think> unless the request declines thinking."""
+    with running(["--r1-defaults", "true"], model_cache, tmp_path / "log") as server:
+        api = client(server)
+
+        def text(**fields: Any) -> tuple[str | None, str | None]:
+            reply = api.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=16, seed=7, **fields
+            )
+            message = reply.choices[0].message
+            return getattr(message, "reasoning_content", None), message.content
+
+        default = text()
+        assert default == text(temperature=0.6, top_p=0.95)  # the same draws: the defaults are R1's
+        assert default != text(temperature=1.0, top_p=1.0)  # a request's own values win
+        reasoning, content = default
+        assert reasoning and content == ""  # opened with <think>: the random weights never close it
+        declined, answer = text(extra_body={"chat_template_kwargs": {"thinking": False}})
+        assert declined is None and answer

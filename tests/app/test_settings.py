@@ -155,6 +155,7 @@ INVALID_ENV = [
     ("BLOCK_SIZE", "0"),
     ("BLOCK_SIZE", "24"),
     ("BLOCK_SIZE", "512"),
+    ("R1_DEFAULTS", "sometimes"),
 ]
 
 

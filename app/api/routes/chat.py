@@ -1,4 +1,4 @@
-"""POST /v1/chat/completions, with DeepSeek-R1's reasoning split into `reasoning_content`."""
+"""POST /v1/chat/completions, with DeepSeek-R1's reasoning split into `reasoning_content` (and `reasoning`)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from fastapi.responses import JSONResponse, Response
 from app.api import admission, framing
 from app.api.deps import RuntimeDep, ServedDep
 from app.api.errors import APIError
-from app.api.reasoning import ReasoningSplitter, prompt_opens_reasoning, split_reasoning
+from app.api.reasoning import ReasoningSplitter, ReasoningTokens, prompt_opens_reasoning, split_reasoning
 from app.api.schemas import ChatCompletionRequest
 from app.engine.types import FinishReason
+from app.model.conventions import THINK_OPEN
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -34,19 +35,22 @@ class ChatChunks:
     def __init__(self, completion_id: str, created: int, model: str, prompt_tokens: int, thinking: bool) -> None:
         self._id, self._created, self._model, self._prompt_tokens = completion_id, created, model, prompt_tokens
         self._splitter = ReasoningSplitter(starts_in_reasoning=thinking)
+        self._reasoning_tokens = ReasoningTokens(starts_in_reasoning=thinking)
 
     def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
         choice = {"delta": delta, "finish_reason": finish_reason}
         return framing.envelope(self._id, "chat.completion.chunk", self._created, self._model, choice)
 
-    def text(self, text: str, final: bool) -> list[dict[str, Any]]:
+    def text(self, text: str, final: bool, completion_tokens: int) -> list[dict[str, Any]]:
+        self._reasoning_tokens.feed(text, completion_tokens)
         reasoning, content = self._splitter.feed(text)
         if final:
             more_reasoning, more_content = self._splitter.finish()
             reasoning, content = reasoning + more_reasoning, content + more_content
         chunks = []
         if reasoning:
-            chunks.append(self.chunk({"reasoning_content": reasoning}))
+            # Both names: DeepSeek's API and older vLLM send reasoning_content, newer vLLM reasoning.
+            chunks.append(self.chunk({"reasoning_content": reasoning, "reasoning": reasoning}))
         if content:
             chunks.append(self.chunk({"content": content}))
         return chunks
@@ -55,7 +59,8 @@ class ChatChunks:
         return self.chunk({}, finish_reason=reason.value)
 
     def usage(self, completion_tokens: int) -> dict[str, Any]:
-        return {**self.chunk({}), "choices": [], "usage": framing.usage(self._prompt_tokens, completion_tokens)}
+        counts = framing.usage(self._prompt_tokens, completion_tokens, self._reasoning_tokens.count(completion_tokens))
+        return {**self.chunk({}), "choices": [], "usage": counts}
 
 
 @router.post("/chat/completions", response_model=None)
@@ -65,6 +70,9 @@ async def chat_completions(
     admission.check_model(runtime, body.model)
     tokenizer = served.tokenizer
     prompt_text = render_prompt(tokenizer, body)
+    declined = (body.chat_template_kwargs or {}).get("thinking") is False
+    if runtime.defaults.open_reasoning and not declined and not prompt_opens_reasoning(prompt_text):
+        prompt_text += THINK_OPEN  # R1's recommendation: make the answer start with its reasoning
     admitted = admission.admit(
         request,
         runtime,
@@ -73,7 +81,7 @@ async def chat_completions(
         requested_max_tokens=body.requested_max_tokens,
         default_max_tokens=None,
         prompt_field="messages",
-        sampling=body.sampling,
+        sampling=lambda max_tokens: body.sampling(max_tokens, runtime.defaults),
         stream=body.stream,
     )
     prompt_tokens = len(admitted.prompt)
@@ -87,13 +95,16 @@ async def chat_completions(
         preamble = framing.sse(chunks.chunk({"role": "assistant", "content": ""}))
         return await framing.event_stream(lines, request, preamble=preamble)
 
-    outcome = await framing.collect(served.engine, admitted.sequence, request)
+    counter = ReasoningTokens(starts_in_reasoning=thinking)
+    outcome = await framing.collect(
+        served.engine, admitted.sequence, request, lambda event: counter.feed(event.text, event.completion_tokens)
+    )
     if outcome is None:
         return Response(status_code=framing.CLIENT_GONE)  # nobody is left to read it
     reasoning, content = split_reasoning(outcome.text, starts_in_reasoning=thinking)
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if reasoning is not None:
-        message["reasoning_content"] = reasoning
+        message["reasoning_content"] = message["reasoning"] = reasoning
     answer = framing.envelope(
         completion_id,
         "chat.completion",
@@ -101,5 +112,5 @@ async def chat_completions(
         runtime.model_name,
         {"message": message, "finish_reason": outcome.finish_reason.value},
     )
-    answer["usage"] = framing.usage(prompt_tokens, outcome.completion_tokens)
+    answer["usage"] = framing.usage(prompt_tokens, outcome.completion_tokens, counter.count(outcome.completion_tokens))
     return JSONResponse(answer)

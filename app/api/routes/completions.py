@@ -45,7 +45,7 @@ class CompletionChunks:
         choice = {"text": text, "finish_reason": finish_reason}
         return framing.envelope(self._id, "text_completion", self._created, self._model, choice)
 
-    def text(self, text: str, final: bool) -> list[dict[str, Any]]:
+    def text(self, text: str, final: bool, completion_tokens: int) -> list[dict[str, Any]]:
         return [self.chunk(text)] if text else []
 
     def finish(self, reason: FinishReason) -> dict[str, Any]:
@@ -66,7 +66,7 @@ async def completions(body: CompletionRequest, request: Request, runtime: Runtim
         requested_max_tokens=body.requested_max_tokens,
         default_max_tokens=DEFAULT_COMPLETION_TOKENS,
         prompt_field="prompt",
-        sampling=body.sampling,
+        sampling=lambda max_tokens: body.sampling(max_tokens, runtime.defaults),
         stream=body.stream,
     )
     chunks = CompletionChunks(framing.new_id("cmpl"), framing.now(), runtime.model_name, len(admitted.prompt))

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from app.api.reasoning import ReasoningSplitter, prompt_opens_reasoning, split_reasoning
+from app.api.reasoning import ReasoningSplitter, ReasoningTokens, prompt_opens_reasoning, split_reasoning
 
 
 def feed_pieces(pieces: list[str], starts_in_reasoning: bool = False) -> tuple[str, str]:
@@ -161,3 +161,28 @@ def test_newlines_after_the_opening_are_skipped_even_when_streamed_one_by_one() 
 )
 def test_prompt_opens_reasoning(prompt: str, opens: bool) -> None:
     assert prompt_opens_reasoning(prompt) is opens
+
+
+# --- reasoning tokens, for usage.completion_tokens_details ---------------------------------------------------------
+
+
+def reasoning_tokens(events: list[str], starts_in_reasoning: bool = False) -> int:
+    counter = ReasoningTokens(starts_in_reasoning)
+    for count, text in enumerate(events, start=1):
+        counter.feed(text, count)
+    return counter.count(len(events))
+
+
+def test_reasoning_tokens_run_to_the_token_that_closes_the_block() -> None:
+    assert reasoning_tokens(["<think>", "a", "b", "</think>", "\n", "x", "y"]) == 4
+    assert reasoning_tokens(["a", "b", "</th", "ink>", "x"], starts_in_reasoning=True) == 4  # a tag split in two
+
+
+def test_reasoning_that_never_closes_counts_every_token() -> None:
+    assert reasoning_tokens(["a", "b", "c"], starts_in_reasoning=True) == 3
+    assert reasoning_tokens(["x", "<think>", "a"]) == 2  # the answer's text before the block is not reasoning
+
+
+def test_an_answer_without_reasoning_has_none() -> None:
+    assert reasoning_tokens(["x", "y", "</think>"]) == 0
+    assert reasoning_tokens([]) == 0

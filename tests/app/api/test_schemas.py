@@ -9,6 +9,10 @@ from pydantic import ValidationError
 
 from app.api.schemas import MAX_STOP_STRINGS, ChatCompletionRequest, CompletionRequest
 from app.engine.types import SamplingParams
+from app.model.conventions import GenerationDefaults, generation_defaults
+
+PLAIN = GenerationDefaults()
+R1 = generation_defaults(r1=True)
 
 MESSAGES = [{"role": "user", "content": "Hello"}]
 
@@ -178,21 +182,29 @@ def test_unknown_stream_option_is_refused() -> None:
 def test_sampling_maps_every_field() -> None:
     request = chat(temperature=0.7, top_p=0.9, seed=123, stop=["\n\n", "END"], ignore_eos=True)
 
-    assert request.sampling(64) == SamplingParams(
+    assert request.sampling(64, R1) == SamplingParams(
         max_tokens=64, temperature=0.7, top_p=0.9, seed=123, stop=("\n\n", "END"), ignore_eos=True
     )
 
 
 def test_sampling_defaults() -> None:
-    assert completion().sampling(16) == SamplingParams(
+    assert completion().sampling(16, PLAIN) == SamplingParams(
         max_tokens=16, temperature=1.0, top_p=1.0, seed=None, stop=(), ignore_eos=False
     )
 
 
+def test_r1_defaults_fill_what_the_request_leaves_out_and_its_own_values_win() -> None:
+    assert (chat().sampling(8, R1).temperature, chat().sampling(8, R1).top_p) == (0.6, 0.95)
+    assert (completion().sampling(8, R1).temperature, completion().sampling(8, R1).top_p) == (0.6, 0.95)
+    own = chat(temperature=1.0, top_p=1.0).sampling(8, R1)
+    assert (own.temperature, own.top_p) == (1.0, 1.0)
+    assert chat(temperature=0).sampling(8, R1).greedy
+
+
 def test_temperature_zero_is_greedy() -> None:
-    assert chat(temperature=0).sampling(8).greedy
-    assert not chat(temperature=0.01).sampling(8).greedy
+    assert chat(temperature=0).sampling(8, PLAIN).greedy
+    assert not chat(temperature=0.01).sampling(8, PLAIN).greedy
 
 
 def test_a_single_stop_string_becomes_a_one_element_tuple() -> None:
-    assert completion(stop="###").sampling(8).stop == ("###",)
+    assert completion(stop="###").sampling(8, PLAIN).stop == ("###",)
