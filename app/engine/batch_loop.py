@@ -271,10 +271,17 @@ class BatchLoop:
         admitted: list[tuple[_Row, int]] = []
         chunk_start: tuple[_Row, int] | None = None
         budget = self._prefill_budget
+        # Prompts admitted this step: a request with the same prompt (the n choices of one request) waits a step
+        # and then takes the blocks the first one filled, so the prompt is computed once.
+        prompts: set[tuple[int, ...]] = set()
         for candidate in list(self._waiting):
             if self.running + len(admitted) >= self._max_batch:
                 break
+            key = tuple(candidate.tokens)
             cached = self._blocks.cached_prefix(candidate.tokens)
+            if self._blocks.prefix_caching and key in prompts and len(cached) < (len(key) - 1) // self._block_size:
+                continue  # its blocks are being computed in this step
+
             to_compute = len(candidate.tokens) - len(cached) * self._block_size
             streaming = bool(self._running)
             start = len(candidate.tokens) - to_compute
@@ -290,6 +297,7 @@ class BatchLoop:
                 break  # first come, first served: it waits for blocks, and so does everyone behind it
             budget -= to_compute
             admitted.append((candidate, to_compute))
+            prompts.add(key)
         return admitted, chunk_start
 
     def _take(self, row: _Row, cached: list[tuple[int, bytes]], first_tokens: int) -> bool:

@@ -154,7 +154,7 @@ def _warm_up(loop: BatchLoop, max_batch_size: int, chunk_tokens: int) -> None:
     if chunk_tokens:
         loop.add(-2 - rows, list(range(min(2 * chunk_tokens, WARM_UP_TOKENS))), greedy)
     for row in range(rows):
-        loop.add(-2 - row, list(range(width)), greedy)
+        loop.add(-2 - row, list(range(row, row + width)), greedy)  # distinct: each prompt is computed
     while not loop.idle:
         loop.step()
     loop.restart_counters()

@@ -71,6 +71,24 @@ def test_a_request_sharing_blocks_with_a_running_one_leaves_both_exact(model: An
     assert driver.tokens(1) == alone(model, second)
 
 
+def test_requests_with_one_prompt_compute_it_once_and_share_its_blocks(model: Any, prompts: list[list[int]]) -> None:
+    """The n choices of one request: the first is prefilled, the others wait a step and take its full blocks."""
+    prompt = (prompts[1] + prompts[4])[: 5 * BLOCK + 2]
+    loop = BatchLoop(model, {1}, max_batch_size=8, block_size=BLOCK)
+    driver = Driver(loop)
+    for request in range(4):
+        loop.add(request, prompt, greedy(NEW))
+    driver.step()
+    assert (loop.running, loop.waiting) == (1, 3)
+    driver.step()
+    assert (loop.last.kind, loop.running, loop.waiting) == ("prefill", 4, 0)
+    driver.run()
+
+    assert loop.kv.prefix_hits == 3 * 5 * BLOCK  # only the last, partial block computed again by each copy
+    expected = alone(model, prompt)
+    assert all(driver.tokens(request) == expected for request in range(4))
+
+
 def test_under_a_small_kv_budget_requests_queue_then_rows_are_preempted_and_resumed_with_nothing_lost(
     model: Any, prompts: list[list[int]]
 ) -> None:
