@@ -22,10 +22,10 @@ from app.runtime import Runtime, Served
 
 @dataclass(frozen=True)
 class Admitted:
-    """A request the engine has accepted: its prompt, and the handle its tokens arrive on."""
+    """A request the engine has accepted: its prompt, and the handles its choices' tokens arrive on."""
 
     prompt: list[int]
-    sequence: EngineRequest
+    sequences: list[EngineRequest]
 
 
 def check_model(runtime: Runtime, requested: str) -> None:
@@ -75,9 +75,9 @@ def completion_budget(
     return requested
 
 
-def submit(runtime: Runtime, served: Served, prompt: list[int], params: SamplingParams) -> EngineRequest:
+def submit(runtime: Runtime, served: Served, prompt: list[int], choices: list[SamplingParams]) -> list[EngineRequest]:
     try:
-        return served.engine.submit(prompt, params)
+        return served.engine.submit_all(prompt, choices)
     except QueueFullError:
         raise APIError(
             429,
@@ -99,14 +99,23 @@ def admit(
     requested_max_tokens: int | None,
     default_max_tokens: int | None,
     prompt_field: str,
-    sampling: Callable[[int], SamplingParams],
+    sampling: Callable[[int], list[SamplingParams]],
     stream: bool,
 ) -> Admitted:
-    """Budget, queue and record one request. `sampling(max_tokens)` gives its SamplingParams."""
+    """Budget, queue and record one request. `sampling(max_tokens)` gives the SamplingParams of each choice."""
     max_tokens = completion_budget(
         len(prompt), requested_max_tokens, runtime.settings.max_model_len, default_max_tokens, prompt_field
     )
-    sequence = submit(runtime, served, prompt, sampling(max_tokens))
+    choices = sampling(max_tokens)
+    capacity = runtime.settings.max_batch_size + runtime.settings.max_queue
+    if len(choices) > capacity:
+        raise APIError(
+            400,
+            f"n={len(choices)} is more choices than this server can hold at once ({capacity}: --max-batch-size + "
+            "--max-queue); ask for fewer",
+            param="n",
+        )
+    sequences = submit(runtime, served, prompt, choices)
     record = record_of(request)
     record.prompt_tokens, record.stream = len(prompt), stream
-    return Admitted(prompt, sequence)
+    return Admitted(prompt, sequences)

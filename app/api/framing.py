@@ -40,7 +40,7 @@ class Outcome:
 
 
 class ChunkFormatter(Protocol):
-    """The chunks of one route's stream."""
+    """The chunks of one choice of one route's stream."""
 
     def text(self, text: str, final: bool, completion_tokens: int) -> list[dict[str, Any]]:
         """Chunks for newly generated text (`final`: the last text of the generation; `completion_tokens`: the
@@ -49,8 +49,11 @@ class ChunkFormatter(Protocol):
     def finish(self, reason: FinishReason) -> dict[str, Any]:
         """The chunk that carries finish_reason."""
 
-    def usage(self, completion_tokens: int) -> dict[str, Any]:
-        """The usage chunk (stream_options.include_usage)."""
+    def reasoning_tokens(self, completion_tokens: int) -> int | None:
+        """How many of the choice's tokens were reasoning (None: the route does not report it)."""
+
+    def usage(self, counts: dict[str, Any]) -> dict[str, Any]:
+        """The usage chunk (stream_options.include_usage), carrying the whole request's counts."""
 
 
 def sse(payload: dict[str, Any]) -> str:
@@ -65,15 +68,24 @@ def now() -> int:
     return int(time.time())
 
 
-def envelope(completion_id: str, kind: str, created: int, model: str, choice: dict[str, Any]) -> dict[str, Any]:
+def envelope(
+    completion_id: str, kind: str, created: int, model: str, choice: dict[str, Any], index: int = 0
+) -> dict[str, Any]:
     """A completion object with one choice, as both routes answer and stream: `choice` holds its variable part."""
     return {
         "id": completion_id,
         "object": kind,
         "created": created,
         "model": model,
-        "choices": [{"index": 0, **choice, "logprobs": None}],
+        "choices": [{"index": index, **choice, "logprobs": None}],
     }
+
+
+def total_usage(prompt_tokens: int, outcomes: list[tuple[int, int | None]]) -> dict[str, Any]:
+    """The usage of a request whose choices generated (completion tokens, reasoning tokens or None) each: the
+    prompt counted once (it is computed once), the choices' tokens added up."""
+    reasoning = [r for _, r in outcomes if r is not None]
+    return usage(prompt_tokens, sum(c for c, _ in outcomes), sum(reasoning) if reasoning else None)
 
 
 def usage(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int | None = None) -> dict[str, Any]:
@@ -90,18 +102,19 @@ def usage(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int | No
 
 async def collect(
     engine: EngineClient,
-    sequence: EngineRequest,
+    sequences: list[EngineRequest],
     request: Request,
-    observe: Callable[[TokenEvent], None] | None = None,
-) -> Outcome | None:
-    """Wait for the whole answer (`observe` sees each event on the way). If the client disconnects meanwhile,
-    cancel the generation and return None (logged as 499, nginx's "client closed request")."""
+    observe: Callable[[int, TokenEvent], None] | None = None,
+) -> list[Outcome] | None:
+    """Wait for every choice's whole answer (`observe(choice, event)` sees each event on the way). If the client
+    disconnects meanwhile, cancel the generations and return None (logged as 499, nginx's "client closed
+    request")."""
 
-    async def consume() -> Outcome:
+    async def consume(choice: int, sequence: EngineRequest) -> Outcome:
         parts: list[str] = []
         async for event in engine.stream(sequence):
             if observe is not None:
-                observe(event)
+                observe(choice, event)
             parts.append(event.text)
             if event.finish_reason is not None:
                 if event.error is not None:
@@ -113,46 +126,87 @@ async def collect(
         while (await request.receive())["type"] != "http.disconnect":
             pass
 
-    consumer = asyncio.ensure_future(consume())
+    consumers = [asyncio.ensure_future(consume(i, sequence)) for i, sequence in enumerate(sequences)]
+    settled = asyncio.ensure_future(asyncio.wait(consumers, return_when=asyncio.FIRST_EXCEPTION))
     watcher = asyncio.ensure_future(disconnected())
     try:
-        await asyncio.wait({consumer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({settled, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        gone = not consumer.done()
-        for task in (watcher, consumer):
+        failure = next((c.exception() for c in consumers if c.done() and not c.cancelled() and c.exception()), None)
+        gone = failure is None and not all(c.done() for c in consumers)
+        # A cancelled consumer closes its engine stream, which cancels that generation in the engine.
+        pending = [watcher, settled, *consumers]
+        for task in pending:
             task.cancel()
-        await asyncio.gather(watcher, consumer, return_exceptions=True)  # let the cancellations finish
+        await asyncio.gather(*pending, return_exceptions=True)  # let the cancellations finish
     record = record_of(request)
     if gone:
         record.status = CLIENT_GONE
         return None
-    outcome = consumer.result()
-    record.completion_tokens = outcome.completion_tokens
-    return outcome
+    if failure is not None:
+        raise failure
+    outcomes = [consumer.result() for consumer in consumers]
+    record.completion_tokens = sum(o.completion_tokens for o in outcomes)
+    return outcomes
 
 
 async def stream_chunks(
     engine: EngineClient,
-    sequence: EngineRequest,
+    sequences: list[EngineRequest],
     request: Request,
-    formatter: ChunkFormatter,
+    formatters: list[ChunkFormatter],
     include_usage: bool,
+    prompt_tokens: int,
 ) -> AsyncGenerator[str, None]:
-    """Engine events as SSE lines, ending with [DONE]; raises GenerationError if the engine ends the request with
-    an error. Closing it early (the client left) cancels the generation."""
+    """Engine events of every choice as SSE lines (each chunk names its choice's index), ending with [DONE];
+    raises GenerationError if the engine ends a choice with an error. Closing it early (the client left) cancels
+    every generation."""
     record = record_of(request)
-    async with contextlib.aclosing(engine.stream(sequence)) as events:
-        async for event in events:
+    finished: dict[int, int] = {}
+    async with contextlib.aclosing(_events(engine, sequences)) as events:
+        async for choice, event in events:
             if event.error is not None:
                 raise GenerationError(event.error)
-            record.completion_tokens = event.completion_tokens
-            for chunk in formatter.text(event.text, event.finish_reason is not None, event.completion_tokens):
+            formatter = formatters[choice]
+            final = event.finish_reason is not None
+            for chunk in formatter.text(event.text, final, event.completion_tokens):
                 yield sse(chunk)
             if event.finish_reason is not None:
+                finished[choice] = event.completion_tokens
+                record.completion_tokens = sum(finished.values())
                 yield sse(formatter.finish(event.finish_reason))
-                if include_usage:
-                    yield sse(formatter.usage(event.completion_tokens))
+    if include_usage:
+        counts = [(tokens, formatters[choice].reasoning_tokens(tokens)) for choice, tokens in sorted(finished.items())]
+        yield sse(formatters[0].usage(total_usage(prompt_tokens, counts)))
     yield SSE_DONE
+
+
+async def _events(engine: EngineClient, sequences: list[EngineRequest]) -> AsyncGenerator[tuple[int, TokenEvent], None]:
+    """(choice, event) of every sequence as they come. One sequence (n = 1, the hot path) is read directly; several
+    are read by one task each into a queue. Closing this early cancels every generation still running."""
+    if len(sequences) == 1:
+        async with contextlib.aclosing(engine.stream(sequences[0])) as only:
+            async for event in only:
+                yield 0, event
+        return
+    queue: asyncio.Queue[tuple[int, TokenEvent]] = asyncio.Queue()
+
+    async def pump(choice: int, sequence: EngineRequest) -> None:
+        async for event in engine.stream(sequence):
+            queue.put_nowait((choice, event))
+
+    pumps = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(sequences)]
+    try:
+        ended = 0
+        while ended < len(sequences):
+            choice, event = await queue.get()
+            if event.finish_reason is not None:
+                ended += 1
+            yield choice, event
+    finally:
+        for task in pumps:  # a cancelled pump closes its engine stream, which cancels that generation
+            task.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
 
 
 async def event_stream(lines: AsyncGenerator[str, None], request: Request, preamble: str = "") -> Response:

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from app.engine.types import SamplingParams
 from app.model.conventions import GenerationDefaults
 
+MAX_CHOICES = 128  # n: evaluation harnesses sample up to 64 (cons@64); each choice is one request in the engine
+SEED_RANGE = 2**64  # what torch's generators accept: [-2**63, 2**64)
 MAX_STOP_STRINGS = 4
 MAX_STOP_LENGTH = 256  # each stop string is searched for at every token: keep that cheap
 
@@ -36,7 +38,6 @@ RESERVED_TEMPLATE_KEYS = {
 
 # OpenAI fields this server cannot honour, each with the values that mean "not used" (accepted and ignored).
 UNSUPPORTED: dict[str, Any] = {
-    "n": lambda v: v in (None, 1),
     "best_of": lambda v: v in (None, 1),
     "presence_penalty": lambda v: v in (None, 0),
     "frequency_penalty": lambda v: v in (None, 0),
@@ -93,11 +94,18 @@ class _GenerationRequest(BaseModel):
         | None
     ) = None
     seed: Annotated[int, Field(ge=-(2**63), lt=2**64)] | None = None  # what torch's generators accept
+    # Choices sampled from one prompt; choice i is seeded by seed + i, so each choice is reproducible on its own.
+    n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
     # vLLM's extension: keep generating past end-of-sequence (benchmarks use it to fix the output length).
     ignore_eos: bool = False
     user: str | None = None
+
+    @field_validator("n", mode="before")
+    @classmethod
+    def _null_n_is_one(cls, value: Any) -> Any:
+        return 1 if value is None else value  # clients send "n": null for the default
 
     @field_validator("stop")
     @classmethod
@@ -128,16 +136,24 @@ class _GenerationRequest(BaseModel):
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
+    def choices(self, max_tokens: int, defaults: GenerationDefaults) -> list[SamplingParams]:
+        return [self.sampling(max_tokens, defaults, choice) for choice in range(self.n)]
+
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def sampling(self, max_tokens: int, defaults: GenerationDefaults) -> SamplingParams:
+    def sampling(self, max_tokens: int, defaults: GenerationDefaults, choice: int = 0) -> SamplingParams:
+        seed = None
+        if self.seed is not None:
+            seed = self.seed + choice
+            if seed >= SEED_RANGE:  # wrapped into the generators' range
+                seed -= SEED_RANGE
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=defaults.temperature if self.temperature is None else self.temperature,
             top_p=defaults.top_p if self.top_p is None else self.top_p,
-            seed=self.seed,
+            seed=seed,
             stop=self.stop_strings,
             ignore_eos=self.ignore_eos,
         )

@@ -197,14 +197,21 @@ class EngineClient:
 
     def submit(self, prompt: list[int], params: SamplingParams) -> Request:
         """Queue a request, or raise QueueFullError when --max-queue requests already wait for a batch slot."""
+        return self.submit_all(prompt, [params])[0]
+
+    def submit_all(self, prompt: list[int], choices: list[SamplingParams]) -> list[Request]:
+        """Queue one request per choice of one prompt, all or none (QueueFullError when they do not all fit)."""
         if not self.alive:
             raise EngineDeadError(self.failure or "the engine is not running")
-        if len(self._requests) >= self._capacity:
+        if len(self._requests) + len(choices) > self._capacity:
             raise QueueFullError(f"{len(self._requests)} requests are already in the engine")
-        request = Request(next(self._ids), IncrementalText(self._tokenizer, params.stop))
-        self._requests[request.request_id] = request
-        self._send(Add(request.request_id, prompt, params))
-        return request
+        requests = []
+        for params in choices:
+            request = Request(next(self._ids), IncrementalText(self._tokenizer, params.stop))
+            self._requests[request.request_id] = request
+            self._send(Add(request.request_id, prompt, params))
+            requests.append(request)
+        return requests
 
     async def stream(self, request: Request) -> AsyncGenerator[TokenEvent, None]:
         """Events of one submitted request; leaving early (client gone) cancels it and frees its slot.

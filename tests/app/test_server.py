@@ -165,6 +165,56 @@ def test_thinking_output_arrives_as_reasoning_content(server: LiveServer) -> Non
     assert usage.completion_tokens_details.reasoning_tokens == usage.completion_tokens == 8
 
 
+N_PROMPT = "Count the ways a long prompt can be shared between the choices of one request, one by one, slowly"
+
+
+def test_n_choices_are_seeded_by_index_and_share_one_prompt(server: LiveServer) -> None:
+    api = client(server)
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": N_PROMPT}]
+    hits = server.metric("deepseek_prefix_cache_hits_total")
+    reply = api.chat.completions.create(model=MODEL, messages=messages, n=4, seed=100, max_tokens=8)
+    assert [c.index for c in reply.choices] == [0, 1, 2, 3]
+    texts = [c.message.content for c in reply.choices]
+    assert len(set(texts)) > 1  # different draws
+    assert reply.usage is not None and reply.usage.completion_tokens == 4 * 8
+    prompt_tokens = reply.usage.prompt_tokens
+    # The prompt was computed once: the other three choices took its full blocks from the prefix cache.
+    assert server.metric("deepseek_prefix_cache_hits_total") - hits >= 3 * (prompt_tokens // 16) * 16
+    # Choice i is what one request seeded with seed + i gets.
+    for index in (0, 3):
+        one = api.chat.completions.create(model=MODEL, messages=messages, seed=100 + index, max_tokens=8)
+        assert one.choices[0].message.content == texts[index]
+    # Streamed, each choice reassembles by its index to the same text.
+    streamed: dict[int, str] = {}
+    finishes: dict[int, str | None] = {}
+    usage = None
+    for chunk in api.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        n=4,
+        seed=100,
+        max_tokens=8,
+        stream=True,
+        stream_options={"include_usage": True},
+    ):
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            streamed[choice.index] = streamed.get(choice.index, "") + (choice.delta.content or "")
+            if choice.finish_reason is not None:
+                finishes[choice.index] = choice.finish_reason
+    assert [streamed[i] for i in range(4)] == texts
+    assert finishes == {i: "length" for i in range(4)}
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (prompt_tokens, 32)
+
+
+def test_completions_take_n_too(server: LiveServer) -> None:
+    reply = client(server).completions.create(model=MODEL, prompt=N_PROMPT, n=3, seed=5, max_tokens=6)
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    assert reply.usage is not None and reply.usage.completion_tokens == 18
+    one = client(server).completions.create(model=MODEL, prompt=N_PROMPT, seed=7, max_tokens=6)
+    assert one.choices[0].text == reply.choices[2].text
+
+
 def test_an_answer_without_reasoning_counts_no_reasoning_tokens(server: LiveServer) -> None:
     answer = chat(server, temperature=0, max_tokens=6).json()
     assert answer["choices"][0]["message"]["content"]
@@ -194,7 +244,7 @@ BAD_REQUESTS: list[tuple[str, object, str]] = [
     ),
     ("bad role", {"model": MODEL, "messages": [{"role": "robot", "content": "x"}]}, "role"),
     ("unknown model", {"model": "gpt-7", "messages": [{"role": "user", "content": "x"}]}, "gpt-7"),
-    ("n=2", {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "n": 2}, "n=2"),
+    ("n over the cap", {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "n": 1000}, "n"),
     (
         "temperature 3",
         {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "temperature": 3},

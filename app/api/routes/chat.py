@@ -30,16 +30,17 @@ def render_prompt(tokenizer: Any, body: ChatCompletionRequest) -> str:
 
 
 class ChatChunks:
-    """The chunks of a streamed chat completion: deltas, with R1's reasoning split into reasoning_content."""
+    """The chunks of one choice of a streamed chat completion: deltas, with R1's reasoning split into
+    reasoning_content."""
 
-    def __init__(self, completion_id: str, created: int, model: str, prompt_tokens: int, thinking: bool) -> None:
-        self._id, self._created, self._model, self._prompt_tokens = completion_id, created, model, prompt_tokens
+    def __init__(self, completion_id: str, created: int, model: str, thinking: bool, index: int = 0) -> None:
+        self._id, self._created, self._model, self._index = completion_id, created, model, index
         self._splitter = ReasoningSplitter(starts_in_reasoning=thinking)
         self._reasoning_tokens = ReasoningTokens(starts_in_reasoning=thinking)
 
     def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
         choice = {"delta": delta, "finish_reason": finish_reason}
-        return framing.envelope(self._id, "chat.completion.chunk", self._created, self._model, choice)
+        return framing.envelope(self._id, "chat.completion.chunk", self._created, self._model, choice, self._index)
 
     def text(self, text: str, final: bool, completion_tokens: int) -> list[dict[str, Any]]:
         self._reasoning_tokens.feed(text, completion_tokens)
@@ -58,8 +59,10 @@ class ChatChunks:
     def finish(self, reason: FinishReason) -> dict[str, Any]:
         return self.chunk({}, finish_reason=reason.value)
 
-    def usage(self, completion_tokens: int) -> dict[str, Any]:
-        counts = framing.usage(self._prompt_tokens, completion_tokens, self._reasoning_tokens.count(completion_tokens))
+    def reasoning_tokens(self, completion_tokens: int) -> int:
+        return self._reasoning_tokens.count(completion_tokens)
+
+    def usage(self, counts: dict[str, Any]) -> dict[str, Any]:
         return {**self.chunk({}), "choices": [], "usage": counts}
 
 
@@ -81,7 +84,7 @@ async def chat_completions(
         requested_max_tokens=body.requested_max_tokens,
         default_max_tokens=None,
         prompt_field="messages",
-        sampling=lambda max_tokens: body.sampling(max_tokens, runtime.defaults),
+        sampling=lambda max_tokens: body.choices(max_tokens, runtime.defaults),
         stream=body.stream,
     )
     prompt_tokens = len(admitted.prompt)
@@ -89,28 +92,36 @@ async def chat_completions(
     completion_id, created = framing.new_id("chatcmpl"), framing.now()
 
     if body.stream:
-        chunks = ChatChunks(completion_id, created, runtime.model_name, prompt_tokens, thinking)
-        lines = framing.stream_chunks(served.engine, admitted.sequence, request, chunks, body.include_usage)
-        # The role chunk goes out with the first token: one write per stream instead of two during a burst.
-        preamble = framing.sse(chunks.chunk({"role": "assistant", "content": ""}))
+        formatters = [
+            ChatChunks(completion_id, created, runtime.model_name, thinking, index) for index in range(body.n)
+        ]
+        lines = framing.stream_chunks(
+            served.engine, admitted.sequences, request, list(formatters), body.include_usage, prompt_tokens
+        )
+        # The role chunks go out with the first token: one write per stream instead of two during a burst.
+        preamble = "".join(framing.sse(f.chunk({"role": "assistant", "content": ""})) for f in formatters)
         return await framing.event_stream(lines, request, preamble=preamble)
 
-    counter = ReasoningTokens(starts_in_reasoning=thinking)
-    outcome = await framing.collect(
-        served.engine, admitted.sequence, request, lambda event: counter.feed(event.text, event.completion_tokens)
+    counters = [ReasoningTokens(starts_in_reasoning=thinking) for _ in range(body.n)]
+    outcomes = await framing.collect(
+        served.engine,
+        admitted.sequences,
+        request,
+        lambda choice, event: counters[choice].feed(event.text, event.completion_tokens),
     )
-    if outcome is None:
+    if outcomes is None:
         return Response(status_code=framing.CLIENT_GONE)  # nobody is left to read it
-    reasoning, content = split_reasoning(outcome.text, starts_in_reasoning=thinking)
-    message: dict[str, Any] = {"role": "assistant", "content": content}
-    if reasoning is not None:
-        message["reasoning_content"] = message["reasoning"] = reasoning
-    answer = framing.envelope(
-        completion_id,
-        "chat.completion",
-        created,
-        runtime.model_name,
-        {"message": message, "finish_reason": outcome.finish_reason.value},
+    choices = []
+    for index, outcome in enumerate(outcomes):
+        reasoning, content = split_reasoning(outcome.text, starts_in_reasoning=thinking)
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if reasoning is not None:
+            message["reasoning_content"] = message["reasoning"] = reasoning
+        choices.append({"index": index, "message": message, "finish_reason": outcome.finish_reason.value})
+    answer = framing.envelope(completion_id, "chat.completion", created, runtime.model_name, {})
+    answer["choices"] = [{**choice, "logprobs": None} for choice in choices]
+    answer["usage"] = framing.total_usage(
+        prompt_tokens,
+        [(o.completion_tokens, c.count(o.completion_tokens)) for o, c in zip(outcomes, counters, strict=True)],
     )
-    answer["usage"] = framing.usage(prompt_tokens, outcome.completion_tokens, counter.count(outcome.completion_tokens))
     return JSONResponse(answer)

@@ -36,14 +36,14 @@ def prompt_ids(tokenizer: Any, body: CompletionRequest) -> list[int]:
 
 
 class CompletionChunks:
-    """The chunks of a streamed text completion."""
+    """The chunks of one choice of a streamed text completion."""
 
-    def __init__(self, completion_id: str, created: int, model: str, prompt_tokens: int) -> None:
-        self._id, self._created, self._model, self._prompt_tokens = completion_id, created, model, prompt_tokens
+    def __init__(self, completion_id: str, created: int, model: str, index: int = 0) -> None:
+        self._id, self._created, self._model, self._index = completion_id, created, model, index
 
     def chunk(self, text: str, finish_reason: str | None = None) -> dict[str, Any]:
         choice = {"text": text, "finish_reason": finish_reason}
-        return framing.envelope(self._id, "text_completion", self._created, self._model, choice)
+        return framing.envelope(self._id, "text_completion", self._created, self._model, choice, self._index)
 
     def text(self, text: str, final: bool, completion_tokens: int) -> list[dict[str, Any]]:
         return [self.chunk(text)] if text else []
@@ -51,8 +51,11 @@ class CompletionChunks:
     def finish(self, reason: FinishReason) -> dict[str, Any]:
         return self.chunk("", finish_reason=reason.value)
 
-    def usage(self, completion_tokens: int) -> dict[str, Any]:
-        return {**self.chunk(""), "choices": [], "usage": framing.usage(self._prompt_tokens, completion_tokens)}
+    def reasoning_tokens(self, completion_tokens: int) -> None:
+        return None  # raw text: no reasoning split
+
+    def usage(self, counts: dict[str, Any]) -> dict[str, Any]:
+        return {**self.chunk(""), "choices": [], "usage": counts}
 
 
 @router.post("/completions", response_model=None)
@@ -66,17 +69,25 @@ async def completions(body: CompletionRequest, request: Request, runtime: Runtim
         requested_max_tokens=body.requested_max_tokens,
         default_max_tokens=DEFAULT_COMPLETION_TOKENS,
         prompt_field="prompt",
-        sampling=lambda max_tokens: body.sampling(max_tokens, runtime.defaults),
+        sampling=lambda max_tokens: body.choices(max_tokens, runtime.defaults),
         stream=body.stream,
     )
-    chunks = CompletionChunks(framing.new_id("cmpl"), framing.now(), runtime.model_name, len(admitted.prompt))
+    completion_id, created = framing.new_id("cmpl"), framing.now()
+    formatters = [CompletionChunks(completion_id, created, runtime.model_name, index) for index in range(body.n)]
+    prompt_tokens = len(admitted.prompt)
     if body.stream:
-        lines = framing.stream_chunks(served.engine, admitted.sequence, request, chunks, body.include_usage)
+        lines = framing.stream_chunks(
+            served.engine, admitted.sequences, request, list(formatters), body.include_usage, prompt_tokens
+        )
         return await framing.event_stream(lines, request)
 
-    outcome = await framing.collect(served.engine, admitted.sequence, request)
-    if outcome is None:
+    outcomes = await framing.collect(served.engine, admitted.sequences, request)
+    if outcomes is None:
         return Response(status_code=framing.CLIENT_GONE)  # nobody is left to read it
-    answer = chunks.chunk(outcome.text, finish_reason=outcome.finish_reason.value)
-    answer["usage"] = framing.usage(len(admitted.prompt), outcome.completion_tokens)
+    answer = formatters[0].chunk("")
+    answer["choices"] = [
+        f.chunk(o.text, finish_reason=o.finish_reason.value)["choices"][0]
+        for f, o in zip(formatters, outcomes, strict=True)
+    ]
+    answer["usage"] = framing.total_usage(prompt_tokens, [(o.completion_tokens, None) for o in outcomes])
     return JSONResponse(answer)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from app.api.schemas import MAX_STOP_STRINGS, ChatCompletionRequest, CompletionRequest
+from app.api.schemas import MAX_CHOICES, MAX_STOP_STRINGS, ChatCompletionRequest, CompletionRequest
 from app.engine.types import SamplingParams
 from app.model.conventions import GenerationDefaults, generation_defaults
 
@@ -37,7 +37,6 @@ def refusal(build: Any, **fields: Any) -> str:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("n", 2),
         ("logprobs", True),
         ("top_logprobs", 3),
         ("tools", [{"type": "function", "function": {"name": "get_weather"}}]),
@@ -191,6 +190,18 @@ def test_sampling_defaults() -> None:
     assert completion().sampling(16, PLAIN) == SamplingParams(
         max_tokens=16, temperature=1.0, top_p=1.0, seed=None, stop=(), ignore_eos=False
     )
+
+
+def test_each_choice_is_seeded_by_seed_plus_its_index() -> None:
+    assert [p.seed for p in chat(n=3, seed=10).choices(8, PLAIN)] == [10, 11, 12]
+    assert [p.seed for p in chat(n=2, seed=2**64 - 1).choices(8, PLAIN)] == [2**64 - 1, 0]  # wrapped into range
+    assert [p.seed for p in completion(n=2).choices(8, PLAIN)] == [None, None]
+    assert len(chat().choices(8, PLAIN)) == 1
+
+
+@pytest.mark.parametrize("n", [0, -1, MAX_CHOICES + 1, "two"])
+def test_n_out_of_range_is_refused_naming_it(n: Any) -> None:
+    assert "n" in refusal(chat, n=n)
 
 
 def test_r1_defaults_fill_what_the_request_leaves_out_and_its_own_values_win() -> None:
