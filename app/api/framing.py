@@ -25,7 +25,7 @@ from app.api.request_record import record_of
 from app.api.streaming import EventStreamResponse
 from app.engine.client import EngineClient
 from app.engine.client import Request as EngineRequest
-from app.engine.types import FinishReason, TokenEvent
+from app.engine.types import FinishReason, TokenEvent, TokenLogprob
 
 FIRST_EVENT_WAIT_S = 1.0  # see event_stream
 CLIENT_GONE = 499  # the status logged for a request whose client disconnected before its answer was ready
@@ -42,9 +42,11 @@ class Outcome:
 class ChunkFormatter(Protocol):
     """The chunks of one choice of one route's stream."""
 
-    def text(self, text: str, final: bool, completion_tokens: int) -> list[dict[str, Any]]:
+    def text(
+        self, text: str, final: bool, completion_tokens: int, logprobs: tuple[TokenLogprob, ...]
+    ) -> list[dict[str, Any]]:
         """Chunks for newly generated text (`final`: the last text of the generation; `completion_tokens`: the
-        tokens generated so far)."""
+        tokens generated so far; `logprobs`: those of the tokens behind it, when the request asked)."""
 
     def finish(self, reason: FinishReason) -> dict[str, Any]:
         """The chunk that carries finish_reason."""
@@ -78,6 +80,43 @@ def envelope(
         "created": created,
         "model": model,
         "choices": [{"index": index, **choice, "logprobs": None}],
+    }
+
+
+def token_text(tokenizer: Any) -> Callable[[int], str]:
+    """A token's own text, as log probabilities name it (a piece of a character decodes to U+FFFD)."""
+
+    def describe(token: int) -> str:
+        text: str = tokenizer.decode([token])
+        return text
+
+    return describe
+
+
+def chat_logprobs(entries: list[TokenLogprob], describe: Callable[[int], str]) -> dict[str, Any]:
+    """A chat choice's `logprobs`: one item per token, with its most likely alternatives."""
+
+    def item(token: int, logprob: float) -> dict[str, Any]:
+        text = describe(token)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    return {
+        "content": [{**item(e.token, e.logprob), "top_logprobs": [item(t, lp) for t, lp in e.top]} for e in entries]
+    }
+
+
+def completion_logprobs(entries: list[TokenLogprob], describe: Callable[[int], str], offset: int) -> dict[str, Any]:
+    """A text completion's `logprobs`, the legacy shape: parallel lists, `text_offset` counted from `offset`."""
+    tokens = [describe(e.token) for e in entries]
+    offsets = []
+    for text in tokens:
+        offsets.append(offset)
+        offset += len(text)
+    return {
+        "tokens": tokens,
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [{describe(t): lp for t, lp in e.top} for e in entries],
+        "text_offset": offsets,
     }
 
 
@@ -169,7 +208,7 @@ async def stream_chunks(
                 raise GenerationError(event.error)
             formatter = formatters[choice]
             final = event.finish_reason is not None
-            for chunk in formatter.text(event.text, final, event.completion_tokens):
+            for chunk in formatter.text(event.text, final, event.completion_tokens, event.logprobs):
                 yield sse(chunk)
             if event.finish_reason is not None:
                 finished[choice] = event.completion_tokens

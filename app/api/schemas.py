@@ -15,6 +15,7 @@ from app.model.conventions import GenerationDefaults
 
 MAX_CHOICES = 128  # n: evaluation harnesses sample up to 64 (cons@64); each choice is one request in the engine
 SEED_RANGE = 2**64  # what torch's generators accept: [-2**63, 2**64)
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit on chat; completions take as many (OpenAI's own stops at 5, vLLM's at 20)
 MAX_STOP_STRINGS = 4
 MAX_STOP_LENGTH = 256  # each stop string is searched for at every token: keep that cheap
 
@@ -42,8 +43,6 @@ UNSUPPORTED: dict[str, Any] = {
     "presence_penalty": lambda v: v in (None, 0),
     "frequency_penalty": lambda v: v in (None, 0),
     "logit_bias": lambda v: not v,
-    "logprobs": lambda v: v in (None, False),
-    "top_logprobs": lambda v: v in (None, 0),
     "echo": lambda v: v in (None, False),
     "suffix": lambda v: v in (None, ""),
     "tools": lambda v: not v,
@@ -156,11 +155,19 @@ class _GenerationRequest(BaseModel):
             seed=seed,
             stop=self.stop_strings,
             ignore_eos=self.ignore_eos,
+            logprobs=self.logprob_count,
         )
+
+    @property
+    def logprob_count(self) -> int | None:
+        """None: no log probabilities; k: each token's and its k most likely alternatives'."""
+        return None
 
 
 class ChatCompletionRequest(_GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool | None = False
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     # vLLM's extension: variables for the chat template, e.g. {"thinking": true} to open a <think> block.
     chat_template_kwargs: dict[str, Any] | None = None
@@ -179,9 +186,25 @@ class ChatCompletionRequest(_GenerationRequest):
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
+    @model_validator(mode="after")
+    def _top_logprobs_need_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    @property
+    def logprob_count(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
 
 class CompletionRequest(_GenerationRequest):
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] | Annotated[list[int], Field(min_length=1)]
+    # The legacy API's shape: the number of most likely alternatives to report beside each token's own
+    logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+
+    @property
+    def logprob_count(self) -> int | None:
+        return self.logprobs
 
     @property
     def requested_max_tokens(self) -> int | None:

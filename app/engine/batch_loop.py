@@ -43,9 +43,9 @@ from app.engine.paged_attention import (
     bytes_per_token,
     paged_attention_on,
 )
-from app.engine.sampling import make_generator, sample_next_tokens
+from app.engine.sampling import make_generator, sample_next_tokens, token_logprobs
 from app.engine.step_cost import StepCost
-from app.engine.types import CacheConfig, FinishReason, KVStats, SamplingParams
+from app.engine.types import CacheConfig, FinishReason, KVStats, Logprobs, SamplingParams
 
 # Steps that prefill at least this much work (in tokens at no context: step_cost.py) use every core on a CPU.
 # Measured on 2 cores: 32 prompts of 28 tokens prefill in ~25 ms on two threads against ~35 ms on one; one such
@@ -65,6 +65,7 @@ class StepOutput:
     token: int
     finish: FinishReason | None
     is_eos: bool = False
+    logprobs: Logprobs | None = None  # when the request asked for them
 
 
 @dataclass
@@ -384,14 +385,21 @@ class BatchLoop:
             self._register_full_blocks(row)
         outputs: list[StepOutput] = []
         if sampled:
-            tokens = sample_next_tokens(output.logits[0], [r.params for r in sampled], [r.generator for r in sampled])
-            for row, token in zip(sampled, tokens, strict=True):
+            logits = output.logits[0]
+            tokens = sample_next_tokens(logits, [r.params for r in sampled], [r.generator for r in sampled])
+            scored = [i for i, r in enumerate(sampled) if r.params.logprobs is not None]
+            found: dict[int, Logprobs] = {}
+            if scored:
+                top = [sampled[i].params.logprobs or 0 for i in scored]
+                picked = token_logprobs(logits[scored], [tokens[i] for i in scored], top)
+                found = dict(zip(scored, picked, strict=True))
+            for index, (row, token) in enumerate(zip(sampled, tokens, strict=True)):
                 if row is self._chunking:
                     self._chunking = None
                 if not row.decoding:  # its prompt is in: it joins the running batch
                     row.decoding = True
                     self._running.append(row)
-                outputs.append(self._accept(row, token))
+                outputs.append(self._accept(row, token, found.get(index)))
         return outputs
 
     def _slots(self, row: _Row, tokens: int) -> torch.Tensor:
@@ -407,16 +415,16 @@ class BatchLoop:
             self._blocks.register(row.blocks[index], name)
             row.hashes.append(name)
 
-    def _accept(self, row: _Row, token: int) -> StepOutput:
+    def _accept(self, row: _Row, token: int, logprobs: Logprobs | None) -> StepOutput:
         row.tokens.append(token)
         if token in self._eos and not row.params.ignore_eos:
             row.done = True
-            return StepOutput(row.request_id, token, FinishReason.STOP, is_eos=True)
+            return StepOutput(row.request_id, token, FinishReason.STOP, is_eos=True, logprobs=logprobs)
         row.generated += 1
         if row.generated >= row.params.max_tokens:
             row.done = True
-            return StepOutput(row.request_id, token, FinishReason.LENGTH)
-        return StepOutput(row.request_id, token, None)
+            return StepOutput(row.request_id, token, FinishReason.LENGTH, logprobs=logprobs)
+        return StepOutput(row.request_id, token, None, logprobs=logprobs)
 
     def _drop_finished(self) -> None:
         for row in self._running:

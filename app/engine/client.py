@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 
 from app.engine.messages import (
@@ -38,6 +38,7 @@ from app.engine.types import (
     QueueFullError,
     SamplingParams,
     TokenEvent,
+    TokenLogprob,
 )
 from app.engine.wire import BlockingReader, FrameDecoder, LoopReader, LoopWriter
 from app.engine.worker import WorkerSpec, run_worker
@@ -65,6 +66,12 @@ class Request:
     last_token_at: float = 0.0
     generated: int = 0
     finished: bool = False
+    # Log probabilities of tokens whose text is not out yet: they go with the next event
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+    def take_logprobs(self) -> tuple[TokenLogprob, ...]:
+        taken, self.logprobs = tuple(self.logprobs), []
+        return taken
 
 
 class EngineClient:
@@ -224,7 +231,11 @@ class EngineClient:
                 while event.finish_reason is None and not request.events.empty():
                     later = request.events.get_nowait()
                     event = TokenEvent(
-                        event.text + later.text, later.completion_tokens, later.finish_reason, later.error
+                        event.text + later.text,
+                        later.completion_tokens,
+                        later.finish_reason,
+                        later.error,
+                        event.logprobs + later.logprobs,
                     )
                 yield event
                 if event.finish_reason is not None:
@@ -247,7 +258,7 @@ class EngineClient:
         self._observer.on_step(rows)
         self._observer.on_kv(kv)
         now = time.perf_counter()
-        for request_id, token, finish, is_eos in outputs:
+        for request_id, token, finish, is_eos, logprobs in outputs:
             request = self._requests.get(request_id)
             if request is None:
                 continue  # cancelled meanwhile
@@ -256,17 +267,22 @@ class EngineClient:
             else:
                 self._observer.on_token_gap(now - request.last_token_at)
             request.last_token_at = now
-            if is_eos:
-                self._finish(request, TokenEvent(request.text.flush(), request.generated, FinishReason.STOP))
+            if is_eos:  # not text, and not reported among the answer's tokens
+                event = TokenEvent(request.text.flush(), request.generated, FinishReason.STOP)
+                self._finish(request, replace(event, logprobs=request.take_logprobs()))
                 continue
             request.generated += 1
+            if logprobs is not None:
+                request.logprobs.append(TokenLogprob(token, *logprobs))
             text = request.text.push(token)
             if request.text.stopped:
-                self._finish(request, TokenEvent(text, request.generated, FinishReason.STOP), cancel_in_engine=True)
+                event = TokenEvent(text, request.generated, FinishReason.STOP, logprobs=request.take_logprobs())
+                self._finish(request, event, cancel_in_engine=True)
             elif finish is not None:
-                self._finish(request, TokenEvent(text + request.text.flush(), request.generated, FinishReason(finish)))
+                event = TokenEvent(text + request.text.flush(), request.generated, FinishReason(finish))
+                self._finish(request, replace(event, logprobs=request.take_logprobs()))
             elif text:
-                request.events.put_nowait(TokenEvent(text, request.generated))
+                request.events.put_nowait(TokenEvent(text, request.generated, logprobs=request.take_logprobs()))
 
     def _on_engine_lost(self, reason: str) -> None:
         if self.failure is None and not self._closing:

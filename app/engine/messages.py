@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from app.engine.types import CacheConfig, KVStats, SamplingParams
+from app.engine.types import CacheConfig, KVStats, Logprobs, SamplingParams
 
 
 class Add(NamedTuple):
@@ -44,8 +44,8 @@ class Failed(NamedTuple):
     reason: str
 
 
-# (request id, token id, finish reason's value or None, whether the token is EOS)
-StepToken = tuple[int, int, str | None, bool]
+# (request id, token id, finish reason's value or None, whether the token is EOS, its log probabilities or None)
+StepToken = tuple[int, int, str | None, bool, Logprobs | None]
 
 
 class Step(NamedTuple):

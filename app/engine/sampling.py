@@ -7,7 +7,7 @@ import secrets
 
 import torch
 
-from app.engine.types import SamplingParams
+from app.engine.types import Logprobs, SamplingParams
 
 
 def make_generator(params: SamplingParams) -> torch.Generator | None:
@@ -60,3 +60,18 @@ def sample_next_tokens(
             continue
         result[row] = int(torch.multinomial(probabilities, 1, generator=generators[row]).item())
     return result
+
+
+def token_logprobs(logits: torch.Tensor, tokens: list[int], top: list[int]) -> list[Logprobs]:
+    """logits: [rows, vocab] as the model gave them; for each row, the log probability of its chosen token and the
+    `top[row]` most likely tokens with theirs (most likely first)."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    widest = max(top, default=0)
+    best_values, best_ids = torch.topk(logprobs, widest, dim=-1) if widest else (None, None)
+    chosen = logprobs.gather(1, torch.tensor(tokens, device=logits.device).unsqueeze(1)).squeeze(1).tolist()
+    values = best_values.tolist() if best_values is not None else [[] for _ in tokens]
+    ids = best_ids.tolist() if best_ids is not None else [[] for _ in tokens]
+    return [
+        (float(chosen[row]), tuple((int(t), float(v)) for t, v in zip(ids[row][:k], values[row][:k], strict=True)))
+        for row, k in enumerate(top)
+    ]

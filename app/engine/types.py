@@ -23,6 +23,9 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    # None: no log probabilities; k: each token's log probability and the k most likely tokens' (the model's own
+    # distribution, before temperature and top_p, as vLLM reports it)
+    logprobs: int | None = None
 
     @property
     def greedy(self) -> bool:
@@ -47,6 +50,18 @@ class CacheConfig(NamedTuple):
     prefix_caching: bool
 
 
+# (its log probability, the most likely tokens with theirs, most likely first)
+Logprobs = tuple[float, tuple[tuple[int, float], ...]]
+
+
+class TokenLogprob(NamedTuple):
+    """One generated token's log probability, and the most likely alternatives' at its position."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]
+
+
 @dataclass(frozen=True)
 class TokenEvent:
     """New text for one request. `finish_reason` is set on the last event of a request, which may carry text too."""
@@ -55,6 +70,7 @@ class TokenEvent:
     completion_tokens: int
     finish_reason: FinishReason | None = None
     error: str | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()  # of the tokens this event carries (when the request asked)
 
 
 class QueueFullError(Exception):

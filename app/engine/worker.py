@@ -194,7 +194,10 @@ def _serve(loop: BatchLoop, inbox: BlockingReader, send: Callable[[FromEngine], 
             stats = loop.last
             send(
                 Step(
-                    [(o.request_id, o.token, o.finish.value if o.finish else None, o.is_eos) for o in outputs],
+                    [
+                        (o.request_id, o.token, o.finish.value if o.finish else None, o.is_eos, o.logprobs)
+                        for o in outputs
+                    ],
                     loop.waiting,
                     loop.running,
                     stats.rows,

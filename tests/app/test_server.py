@@ -6,6 +6,7 @@ server, are in test_server_lifecycle.py."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import socket
 
@@ -213,6 +214,55 @@ def test_completions_take_n_too(server: LiveServer) -> None:
     assert reply.usage is not None and reply.usage.completion_tokens == 18
     one = client(server).completions.create(model=MODEL, prompt=N_PROMPT, seed=7, max_tokens=6)
     assert one.choices[0].text == reply.choices[2].text
+
+
+def test_chat_logprobs_name_each_token_and_its_likeliest_alternatives(server: LiveServer) -> None:
+    api = client(server)
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello"}]
+    reply = api.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=6, temperature=0, logprobs=True, top_logprobs=5
+    )
+    choice = reply.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content is not None
+    content = choice.logprobs.content
+    assert reply.usage is not None and len(content) == reply.usage.completion_tokens == 6
+    for item in content:
+        assert len(item.top_logprobs) == 5
+        tops = [t.logprob for t in item.top_logprobs]
+        assert tops == sorted(tops, reverse=True) and all(lp <= 0 for lp in tops)
+        assert sum(math.exp(lp) for lp in tops) <= 1 + 1e-6
+        # Greedy: the chosen token is the likeliest, with the same log probability.
+        assert item.token == item.top_logprobs[0].token and item.logprob == pytest.approx(tops[0])
+        assert item.bytes == list(item.token.encode("utf-8"))
+    # Streamed, the same items arrive with the chunks, in order.
+    streamed = [
+        item
+        for chunk in api.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=6, temperature=0, logprobs=True, top_logprobs=5, stream=True
+        )
+        for c in chunk.choices
+        if c.logprobs is not None and c.logprobs.content
+        for item in c.logprobs.content
+    ]
+    assert [(i.token, i.logprob) for i in streamed] == [(i.token, i.logprob) for i in content]
+    # Without top_logprobs: each token's own only; without logprobs: none.
+    bare = api.chat.completions.create(model=MODEL, messages=messages, max_tokens=3, temperature=0, logprobs=True)
+    assert bare.choices[0].logprobs is not None and bare.choices[0].logprobs.content is not None
+    assert [i.top_logprobs for i in bare.choices[0].logprobs.content] == [[], [], []]
+    plain = api.chat.completions.create(model=MODEL, messages=messages, max_tokens=3, temperature=0)
+    assert plain.choices[0].logprobs is None
+
+
+def test_completion_logprobs_take_the_legacy_shape(server: LiveServer) -> None:
+    reply = client(server).completions.create(model=MODEL, prompt="Hello", max_tokens=5, temperature=0, logprobs=3)
+    scored = reply.choices[0].logprobs
+    assert scored is not None and scored.tokens is not None and scored.token_logprobs is not None
+    assert scored.top_logprobs is not None and scored.text_offset is not None
+    assert len(scored.tokens) == len(scored.token_logprobs) == len(scored.top_logprobs) == 5
+    assert all(len(top) <= 3 for top in scored.top_logprobs)  # two pieces may decode to the same text
+    assert scored.text_offset == [sum(len(t) for t in scored.tokens[:i]) for i in range(5)]
+    for token, logprob, top in zip(scored.tokens, scored.token_logprobs, scored.top_logprobs, strict=True):
+        assert top[token] == pytest.approx(logprob) and logprob == pytest.approx(max(top.values()))
 
 
 def test_an_answer_without_reasoning_counts_no_reasoning_tokens(server: LiveServer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -12,7 +13,7 @@ from app.api.deps import RuntimeDep, ServedDep
 from app.api.errors import APIError
 from app.api.reasoning import ReasoningSplitter, ReasoningTokens, prompt_opens_reasoning, split_reasoning
 from app.api.schemas import ChatCompletionRequest
-from app.engine.types import FinishReason
+from app.engine.types import FinishReason, TokenEvent, TokenLogprob
 from app.model.conventions import THINK_OPEN
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -33,8 +34,17 @@ class ChatChunks:
     """The chunks of one choice of a streamed chat completion: deltas, with R1's reasoning split into
     reasoning_content."""
 
-    def __init__(self, completion_id: str, created: int, model: str, thinking: bool, index: int = 0) -> None:
+    def __init__(
+        self,
+        completion_id: str,
+        created: int,
+        model: str,
+        thinking: bool,
+        index: int = 0,
+        describe: Callable[[int], str] | None = None,
+    ) -> None:
         self._id, self._created, self._model, self._index = completion_id, created, model, index
+        self._describe = describe  # a token's text, when the request asked for log probabilities
         self._splitter = ReasoningSplitter(starts_in_reasoning=thinking)
         self._reasoning_tokens = ReasoningTokens(starts_in_reasoning=thinking)
 
@@ -42,7 +52,17 @@ class ChatChunks:
         choice = {"delta": delta, "finish_reason": finish_reason}
         return framing.envelope(self._id, "chat.completion.chunk", self._created, self._model, choice, self._index)
 
-    def text(self, text: str, final: bool, completion_tokens: int) -> list[dict[str, Any]]:
+    def text(
+        self, text: str, final: bool, completion_tokens: int, logprobs: tuple[TokenLogprob, ...] = ()
+    ) -> list[dict[str, Any]]:
+        chunks = self._text(text, final, completion_tokens)
+        if logprobs and self._describe is not None:
+            if not chunks:  # their text is held back (a partial character, a possible stop string)
+                chunks.append(self.chunk({}))
+            chunks[-1]["choices"][0]["logprobs"] = framing.chat_logprobs(list(logprobs), self._describe)
+        return chunks
+
+    def _text(self, text: str, final: bool, completion_tokens: int) -> list[dict[str, Any]]:
         self._reasoning_tokens.feed(text, completion_tokens)
         reasoning, content = self._splitter.feed(text)
         if final:
@@ -89,11 +109,12 @@ async def chat_completions(
     )
     prompt_tokens = len(admitted.prompt)
     thinking = prompt_opens_reasoning(prompt_text)
+    describe = framing.token_text(tokenizer) if body.logprobs else None
     completion_id, created = framing.new_id("chatcmpl"), framing.now()
 
     if body.stream:
         formatters = [
-            ChatChunks(completion_id, created, runtime.model_name, thinking, index) for index in range(body.n)
+            ChatChunks(completion_id, created, runtime.model_name, thinking, index, describe) for index in range(body.n)
         ]
         lines = framing.stream_chunks(
             served.engine, admitted.sequences, request, list(formatters), body.include_usage, prompt_tokens
@@ -103,12 +124,13 @@ async def chat_completions(
         return await framing.event_stream(lines, request, preamble=preamble)
 
     counters = [ReasoningTokens(starts_in_reasoning=thinking) for _ in range(body.n)]
-    outcomes = await framing.collect(
-        served.engine,
-        admitted.sequences,
-        request,
-        lambda choice, event: counters[choice].feed(event.text, event.completion_tokens),
-    )
+    logprobs: list[list[TokenLogprob]] = [[] for _ in range(body.n)]
+
+    def observe(choice: int, event: TokenEvent) -> None:
+        counters[choice].feed(event.text, event.completion_tokens)
+        logprobs[choice].extend(event.logprobs)
+
+    outcomes = await framing.collect(served.engine, admitted.sequences, request, observe)
     if outcomes is None:
         return Response(status_code=framing.CLIENT_GONE)  # nobody is left to read it
     choices = []
@@ -117,9 +139,12 @@ async def chat_completions(
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if reasoning is not None:
             message["reasoning_content"] = message["reasoning"] = reasoning
-        choices.append({"index": index, "message": message, "finish_reason": outcome.finish_reason.value})
+        scored = framing.chat_logprobs(logprobs[index], describe) if describe is not None else None
+        choices.append(
+            {"index": index, "message": message, "finish_reason": outcome.finish_reason.value, "logprobs": scored}
+        )
     answer = framing.envelope(completion_id, "chat.completion", created, runtime.model_name, {})
-    answer["choices"] = [{**choice, "logprobs": None} for choice in choices]
+    answer["choices"] = choices
     answer["usage"] = framing.total_usage(
         prompt_tokens,
         [(o.completion_tokens, c.count(o.completion_tokens)) for o, c in zip(outcomes, counters, strict=True)],

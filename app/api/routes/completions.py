@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -11,7 +12,7 @@ from app.api import admission, framing
 from app.api.deps import RuntimeDep, ServedDep
 from app.api.errors import APIError
 from app.api.schemas import CompletionRequest
-from app.engine.types import FinishReason
+from app.engine.types import FinishReason, TokenLogprob
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -38,15 +39,33 @@ def prompt_ids(tokenizer: Any, body: CompletionRequest) -> list[int]:
 class CompletionChunks:
     """The chunks of one choice of a streamed text completion."""
 
-    def __init__(self, completion_id: str, created: int, model: str, index: int = 0) -> None:
+    def __init__(
+        self,
+        completion_id: str,
+        created: int,
+        model: str,
+        index: int = 0,
+        describe: Callable[[int], str] | None = None,
+    ) -> None:
         self._id, self._created, self._model, self._index = completion_id, created, model, index
+        self._describe = describe  # a token's text, when the request asked for log probabilities
+        self._offset = 0  # characters of the tokens reported so far, for text_offset
 
     def chunk(self, text: str, finish_reason: str | None = None) -> dict[str, Any]:
         choice = {"text": text, "finish_reason": finish_reason}
         return framing.envelope(self._id, "text_completion", self._created, self._model, choice, self._index)
 
-    def text(self, text: str, final: bool, completion_tokens: int) -> list[dict[str, Any]]:
-        return [self.chunk(text)] if text else []
+    def text(
+        self, text: str, final: bool, completion_tokens: int, logprobs: tuple[TokenLogprob, ...] = ()
+    ) -> list[dict[str, Any]]:
+        if not (text or (logprobs and self._describe)):
+            return []
+        chunk = self.chunk(text)
+        if logprobs and self._describe is not None:
+            scored = framing.completion_logprobs(list(logprobs), self._describe, self._offset)
+            self._offset += sum(len(t) for t in scored["tokens"])
+            chunk["choices"][0]["logprobs"] = scored
+        return [chunk]
 
     def finish(self, reason: FinishReason) -> dict[str, Any]:
         return self.chunk("", finish_reason=reason.value)
@@ -73,7 +92,10 @@ async def completions(body: CompletionRequest, request: Request, runtime: Runtim
         stream=body.stream,
     )
     completion_id, created = framing.new_id("cmpl"), framing.now()
-    formatters = [CompletionChunks(completion_id, created, runtime.model_name, index) for index in range(body.n)]
+    describe = framing.token_text(served.tokenizer) if body.logprobs is not None else None
+    formatters = [
+        CompletionChunks(completion_id, created, runtime.model_name, index, describe) for index in range(body.n)
+    ]
     prompt_tokens = len(admitted.prompt)
     if body.stream:
         lines = framing.stream_chunks(
@@ -81,13 +103,18 @@ async def completions(body: CompletionRequest, request: Request, runtime: Runtim
         )
         return await framing.event_stream(lines, request)
 
-    outcomes = await framing.collect(served.engine, admitted.sequences, request)
+    logprobs: list[list[TokenLogprob]] = [[] for _ in range(body.n)]
+    outcomes = await framing.collect(
+        served.engine, admitted.sequences, request, lambda choice, event: logprobs[choice].extend(event.logprobs)
+    )
     if outcomes is None:
         return Response(status_code=framing.CLIENT_GONE)  # nobody is left to read it
     answer = formatters[0].chunk("")
-    answer["choices"] = [
-        f.chunk(o.text, finish_reason=o.finish_reason.value)["choices"][0]
-        for f, o in zip(formatters, outcomes, strict=True)
-    ]
+    answer["choices"] = []
+    for index, (formatter, outcome) in enumerate(zip(formatters, outcomes, strict=True)):
+        choice = formatter.chunk(outcome.text, finish_reason=outcome.finish_reason.value)["choices"][0]
+        if describe is not None:
+            choice["logprobs"] = framing.completion_logprobs(logprobs[index], describe, 0)
+        answer["choices"].append(choice)
     answer["usage"] = framing.total_usage(prompt_tokens, [(o.completion_tokens, None) for o in outcomes])
     return JSONResponse(answer)

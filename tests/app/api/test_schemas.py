@@ -37,8 +37,6 @@ def refusal(build: Any, **fields: Any) -> str:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("logprobs", True),
-        ("top_logprobs", 3),
         ("tools", [{"type": "function", "function": {"name": "get_weather"}}]),
         ("tool_choice", "auto"),
         ("functions", [{"name": "f"}]),
@@ -56,7 +54,7 @@ def test_unsupported_chat_field_is_refused_naming_it(field: str, value: Any) -> 
     assert "not supported" in message
 
 
-@pytest.mark.parametrize(("field", "value"), [("echo", True), ("suffix", "tail"), ("logprobs", 5)])
+@pytest.mark.parametrize(("field", "value"), [("echo", True), ("suffix", "tail")])
 def test_unsupported_completion_field_is_refused_naming_it(field: str, value: Any) -> None:
     assert f"{field}=" in refusal(completion, **{field: value})
 
@@ -202,6 +200,28 @@ def test_each_choice_is_seeded_by_seed_plus_its_index() -> None:
 @pytest.mark.parametrize("n", [0, -1, MAX_CHOICES + 1, "two"])
 def test_n_out_of_range_is_refused_naming_it(n: Any) -> None:
     assert "n" in refusal(chat, n=n)
+
+
+def test_logprobs_map_to_the_engine_as_a_count_of_alternatives() -> None:
+    assert chat().sampling(8, PLAIN).logprobs is None
+    assert chat(logprobs=True).sampling(8, PLAIN).logprobs == 0
+    assert chat(logprobs=True, top_logprobs=5).sampling(8, PLAIN).logprobs == 5
+    assert completion(logprobs=3).sampling(8, PLAIN).logprobs == 3
+    assert completion().sampling(8, PLAIN).logprobs is None
+
+
+@pytest.mark.parametrize(
+    ("build", "fields", "named"),
+    [
+        (chat, {"top_logprobs": 3}, "top_logprobs needs logprobs"),
+        (chat, {"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        (chat, {"logprobs": True, "top_logprobs": -1}, "top_logprobs"),
+        (completion, {"logprobs": 21}, "logprobs"),
+        (completion, {"logprobs": "many"}, "logprobs"),
+    ],
+)
+def test_bad_logprobs_are_refused_naming_the_field(build: Any, fields: dict[str, Any], named: str) -> None:
+    assert named in refusal(build, **fields)
 
 
 def test_r1_defaults_fill_what_the_request_leaves_out_and_its_own_values_win() -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from app.engine.sampling import make_generator, sample_next_tokens
+from app.engine.sampling import make_generator, sample_next_tokens, token_logprobs
 from app.engine.types import SamplingParams
 
 VOCAB = 1000
@@ -141,3 +143,26 @@ def test_sampled_frequencies_follow_the_tempered_distribution(temperature: float
 
     observed = torch.bincount(torch.tensor(tokens), minlength=3).float() / len(tokens)
     assert torch.allclose(observed, expected, atol=0.03), (observed, expected)
+
+
+def test_token_logprobs_are_the_models_own_log_softmax() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(3, 50)
+    expected = torch.log_softmax(logits, dim=-1)
+    tokens = [4, 17, 49]
+    scored = token_logprobs(logits, tokens, [5, 0, 2])
+    for row, (chosen, top) in enumerate(scored):
+        assert chosen == pytest.approx(float(expected[row, tokens[row]]), abs=1e-6)
+        best = torch.topk(expected[row], len(top))
+        assert [t for t, _ in top] == best.indices.tolist()
+        assert [v for _, v in top] == pytest.approx(best.values.tolist(), abs=1e-6)
+    assert [len(top) for _, top in scored] == [5, 0, 2]
+    chosen_only, no_alternatives = token_logprobs(logits, tokens, [0, 0, 0])[1]
+    assert chosen_only == pytest.approx(float(expected[1, 17]), abs=1e-6) and no_alternatives == ()
+
+
+def test_token_logprobs_of_bfloat16_logits_are_computed_in_float32() -> None:
+    logits = torch.tensor([[2.0, 1.0, 0.5]], dtype=torch.bfloat16)
+    chosen, top = token_logprobs(logits, [0], [3])[0]
+    assert chosen == pytest.approx(float(torch.log_softmax(logits.float(), -1)[0, 0]), abs=1e-6)
+    assert sum(math.exp(v) for _, v in top) == pytest.approx(1.0, abs=1e-5)

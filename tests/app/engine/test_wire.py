@@ -20,7 +20,13 @@ from tests.app.aio import run
 MESSAGES: list[tuple[Any, ...]] = [
     Add(7, [1, 2, 3], SamplingParams(max_tokens=4, stop=("\n",))),
     Cancel(7),
-    Step([(7, 42, None, False), (8, 1, "stop", True)], 0, 2, 2, KVStats(0.25, 100, 64, 1)),
+    Step(
+        [(7, 42, None, False, None), (8, 1, "stop", True, (-0.5, ((1, -0.5), (3, -1.25))))],
+        0,
+        2,
+        2,
+        KVStats(0.25, 100, 64, 1),
+    ),
     Progress("loading ✓"),
 ]
 
