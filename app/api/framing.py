@@ -42,11 +42,9 @@ class Outcome:
 class ChunkFormatter(Protocol):
     """The chunks of one choice of one route's stream."""
 
-    def text(
-        self, text: str, final: bool, completion_tokens: int, logprobs: tuple[TokenLogprob, ...]
-    ) -> list[dict[str, Any]]:
-        """Chunks for newly generated text (`final`: the last text of the generation; `completion_tokens`: the
-        tokens generated so far; `logprobs`: those of the tokens behind it, when the request asked)."""
+    def text(self, event: TokenEvent) -> list[dict[str, Any]]:
+        """Chunks for an event's newly generated text (and the log probabilities of its tokens, when asked); an
+        event with a finish reason carries the generation's last text."""
 
     def finish(self, reason: FinishReason) -> dict[str, Any]:
         """The chunk that carries finish_reason."""
@@ -83,26 +81,61 @@ def envelope(
     }
 
 
-def token_text(tokenizer: Any) -> Callable[[int], str]:
-    """A token's own text, as log probabilities name it (a piece of a character decodes to U+FFFD)."""
+def _byte_level_alphabet() -> dict[str, int]:
+    """Byte-level BPE's printable stand-in for each byte (GPT-2's table, which DeepSeek's tokenizer uses)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    shown, extra = list(printable), 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            shown.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, shown, strict=True)}
 
-    def describe(token: int) -> str:
-        text: str = tokenizer.decode([token])
+
+_BYTE_OF = _byte_level_alphabet()
+
+
+class TokenText:
+    """A token's own text and bytes, as log probabilities name them. A token that is part of a character decodes
+    to U+FFFD; its bytes are still its own (byte-level pieces map back to them), so a client can join them."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+
+    def __call__(self, token: int) -> str:
+        text: str = self._tokenizer.decode([token])
         return text
 
-    return describe
+    def bytes(self, token: int) -> list[int]:
+        piece = self._tokenizer.convert_ids_to_tokens(token)
+        if isinstance(piece, str) and piece and all(c in _BYTE_OF for c in piece):
+            return [_BYTE_OF[c] for c in piece]
+        return list(self(token).encode("utf-8"))  # a special token, or a tokenizer that is not byte-level
 
 
-def chat_logprobs(entries: list[TokenLogprob], describe: Callable[[int], str]) -> dict[str, Any]:
+def token_text(tokenizer: Any) -> TokenText:
+    return TokenText(tokenizer)
+
+
+def chat_logprobs(entries: list[TokenLogprob], describe: TokenText) -> dict[str, Any]:
     """A chat choice's `logprobs`: one item per token, with its most likely alternatives."""
 
     def item(token: int, logprob: float) -> dict[str, Any]:
-        text = describe(token)
-        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+        return {"token": describe(token), "logprob": logprob, "bytes": describe.bytes(token)}
 
     return {
         "content": [{**item(e.token, e.logprob), "top_logprobs": [item(t, lp) for t, lp in e.top]} for e in entries]
     }
+
+
+def _by_text(top: tuple[tuple[int, float], ...], describe: Callable[[int], str]) -> dict[str, float]:
+    """The legacy shape keys alternatives by their text: where two tokens read the same (pieces of characters),
+    the likelier one's value stays."""
+    found: dict[str, float] = {}
+    for token, logprob in top:
+        found.setdefault(describe(token), logprob)
+    return found
 
 
 def completion_logprobs(entries: list[TokenLogprob], describe: Callable[[int], str], offset: int) -> dict[str, Any]:
@@ -115,7 +148,7 @@ def completion_logprobs(entries: list[TokenLogprob], describe: Callable[[int], s
     return {
         "tokens": tokens,
         "token_logprobs": [e.logprob for e in entries],
-        "top_logprobs": [{describe(t): lp for t, lp in e.top} for e in entries],
+        "top_logprobs": [_by_text(e.top, describe) for e in entries],
         "text_offset": offsets,
     }
 
@@ -178,6 +211,8 @@ async def collect(
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)  # let the cancellations finish
+        for sequence in sequences:  # one whose consumer never started is still running in the engine
+            engine.cancel(sequence)
     record = record_of(request)
     if gone:
         record.status = CLIENT_GONE
@@ -207,8 +242,7 @@ async def stream_chunks(
             if event.error is not None:
                 raise GenerationError(event.error)
             formatter = formatters[choice]
-            final = event.finish_reason is not None
-            for chunk in formatter.text(event.text, final, event.completion_tokens, event.logprobs):
+            for chunk in formatter.text(event):
                 yield sse(chunk)
             if event.finish_reason is not None:
                 finished[choice] = event.completion_tokens
@@ -224,15 +258,21 @@ async def _events(engine: EngineClient, sequences: list[EngineRequest]) -> Async
     """(choice, event) of every sequence as they come. One sequence (n = 1, the hot path) is read directly; several
     are read by one task each into a queue. Closing this early cancels every generation still running."""
     if len(sequences) == 1:
-        async with contextlib.aclosing(engine.stream(sequences[0])) as only:
-            async for event in only:
-                yield 0, event
+        try:
+            async with contextlib.aclosing(engine.stream(sequences[0])) as only:
+                async for event in only:
+                    yield 0, event
+        finally:
+            engine.cancel(sequences[0])  # closed before its first event: its stream never ran
         return
     queue: asyncio.Queue[tuple[int, TokenEvent]] = asyncio.Queue()
 
     async def pump(choice: int, sequence: EngineRequest) -> None:
-        async for event in engine.stream(sequence):
-            queue.put_nowait((choice, event))
+        try:
+            async for event in engine.stream(sequence):
+                queue.put_nowait((choice, event))
+        except Exception as error:  # the reader must hear of it, or it would wait for this choice forever
+            queue.put_nowait((choice, TokenEvent("", 0, FinishReason.ERROR, error=f"{type(error).__name__}: {error}")))
 
     pumps = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(sequences)]
     try:
@@ -246,6 +286,8 @@ async def _events(engine: EngineClient, sequences: list[EngineRequest]) -> Async
         for task in pumps:  # a cancelled pump closes its engine stream, which cancels that generation
             task.cancel()
         await asyncio.gather(*pumps, return_exceptions=True)
+        for sequence in sequences:  # and one whose pump never started
+            engine.cancel(sequence)
 
 
 async def event_stream(lines: AsyncGenerator[str, None], request: Request, preamble: str = "") -> Response:

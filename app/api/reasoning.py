@@ -7,6 +7,8 @@ with only the closing tag in its text. Works on streamed pieces: a tag split acr
 
 from __future__ import annotations
 
+from app.engine.types import TokenEvent
+
 OPEN, CLOSE = "<think>", "</think>"
 
 
@@ -90,6 +92,10 @@ class ReasoningTokens:
             self._at_open = before
         if self._splitter.closed:
             self._at_close = completion_tokens
+
+    def feed_event(self, event: TokenEvent) -> None:
+        for text, completion_tokens in event.pieces():
+            self.feed(text, completion_tokens)
 
     def count(self, completion_tokens: int) -> int:
         if self._at_open is None:

@@ -220,6 +220,11 @@ class EngineClient:
             requests.append(request)
         return requests
 
+    def cancel(self, request: Request) -> None:
+        """Stop a request that has not finished (its stream may never have been read); nothing for one that has."""
+        if not request.finished:
+            self._forget(request, cancel=True)
+
     async def stream(self, request: Request) -> AsyncGenerator[TokenEvent, None]:
         """Events of one submitted request; leaving early (client gone) cancels it and frees its slot.
 
@@ -236,6 +241,7 @@ class EngineClient:
                         later.finish_reason,
                         later.error,
                         event.logprobs + later.logprobs,
+                        event.pieces() + later.pieces(),
                     )
                 yield event
                 if event.finish_reason is not None:

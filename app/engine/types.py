@@ -71,6 +71,12 @@ class TokenEvent:
     finish_reason: FinishReason | None = None
     error: str | None = None
     logprobs: tuple[TokenLogprob, ...] = ()  # of the tokens this event carries (when the request asked)
+    # When events that piled up were merged into this one: each one's (text, completion_tokens), in order, so
+    # what counts per token (reasoning tokens) does not depend on how fast the events were read
+    parts: tuple[tuple[str, int], ...] = ()
+
+    def pieces(self) -> tuple[tuple[str, int], ...]:
+        return self.parts or ((self.text, self.completion_tokens),)
 
 
 class QueueFullError(Exception):

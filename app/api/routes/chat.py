@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -41,7 +40,7 @@ class ChatChunks:
         model: str,
         thinking: bool,
         index: int = 0,
-        describe: Callable[[int], str] | None = None,
+        describe: framing.TokenText | None = None,
     ) -> None:
         self._id, self._created, self._model, self._index = completion_id, created, model, index
         self._describe = describe  # a token's text, when the request asked for log probabilities
@@ -52,18 +51,16 @@ class ChatChunks:
         choice = {"delta": delta, "finish_reason": finish_reason}
         return framing.envelope(self._id, "chat.completion.chunk", self._created, self._model, choice, self._index)
 
-    def text(
-        self, text: str, final: bool, completion_tokens: int, logprobs: tuple[TokenLogprob, ...] = ()
-    ) -> list[dict[str, Any]]:
-        chunks = self._text(text, final, completion_tokens)
-        if logprobs and self._describe is not None:
+    def text(self, event: TokenEvent) -> list[dict[str, Any]]:
+        self._reasoning_tokens.feed_event(event)
+        chunks = self._text(event.text, event.finish_reason is not None)
+        if event.logprobs and self._describe is not None:
             if not chunks:  # their text is held back (a partial character, a possible stop string)
                 chunks.append(self.chunk({}))
-            chunks[-1]["choices"][0]["logprobs"] = framing.chat_logprobs(list(logprobs), self._describe)
+            chunks[-1]["choices"][0]["logprobs"] = framing.chat_logprobs(list(event.logprobs), self._describe)
         return chunks
 
-    def _text(self, text: str, final: bool, completion_tokens: int) -> list[dict[str, Any]]:
-        self._reasoning_tokens.feed(text, completion_tokens)
+    def _text(self, text: str, final: bool) -> list[dict[str, Any]]:
         reasoning, content = self._splitter.feed(text)
         if final:
             more_reasoning, more_content = self._splitter.finish()
@@ -127,7 +124,7 @@ async def chat_completions(
     logprobs: list[list[TokenLogprob]] = [[] for _ in range(body.n)]
 
     def observe(choice: int, event: TokenEvent) -> None:
-        counters[choice].feed(event.text, event.completion_tokens)
+        counters[choice].feed_event(event)
         logprobs[choice].extend(event.logprobs)
 
     outcomes = await framing.collect(served.engine, admitted.sequences, request, observe)

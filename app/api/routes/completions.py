@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -12,7 +11,7 @@ from app.api import admission, framing
 from app.api.deps import RuntimeDep, ServedDep
 from app.api.errors import APIError
 from app.api.schemas import CompletionRequest
-from app.engine.types import FinishReason, TokenLogprob
+from app.engine.types import FinishReason, TokenEvent, TokenLogprob
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -45,7 +44,7 @@ class CompletionChunks:
         created: int,
         model: str,
         index: int = 0,
-        describe: Callable[[int], str] | None = None,
+        describe: framing.TokenText | None = None,
     ) -> None:
         self._id, self._created, self._model, self._index = completion_id, created, model, index
         self._describe = describe  # a token's text, when the request asked for log probabilities
@@ -55,12 +54,11 @@ class CompletionChunks:
         choice = {"text": text, "finish_reason": finish_reason}
         return framing.envelope(self._id, "text_completion", self._created, self._model, choice, self._index)
 
-    def text(
-        self, text: str, final: bool, completion_tokens: int, logprobs: tuple[TokenLogprob, ...] = ()
-    ) -> list[dict[str, Any]]:
-        if not (text or (logprobs and self._describe)):
+    def text(self, event: TokenEvent) -> list[dict[str, Any]]:
+        logprobs = event.logprobs
+        if not (event.text or (logprobs and self._describe)):
             return []
-        chunk = self.chunk(text)
+        chunk = self.chunk(event.text)
         if logprobs and self._describe is not None:
             scored = framing.completion_logprobs(list(logprobs), self._describe, self._offset)
             self._offset += sum(len(t) for t in scored["tokens"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncGenerator
+from typing import Any
 
 import pytest
 from fastapi import Request
@@ -14,6 +15,7 @@ from app.api import framing
 from app.api.errors import GenerationError, body_of
 from app.api.request_record import record_of
 from app.api.streaming import EventStreamResponse
+from app.engine.types import FinishReason, TokenEvent
 from tests.app.aio import run
 from tests.app.asgi import Client
 
@@ -86,3 +88,87 @@ def test_a_stream_that_fails_after_its_headers_but_before_a_token_still_opens_wi
 
     (body,) = run(scenario())
     assert body.startswith("role\n\ndata: {") and body.endswith(framing.SSE_DONE)
+
+
+# --- several choices ----------------------------------------------------------------------------------------------
+
+
+class ChoicesEngine:
+    """Stands in for EngineClient: each sequence is a list of events, or an exception its stream raises."""
+
+    def __init__(self) -> None:
+        self.cancelled: list[object] = []
+
+    async def stream(self, sequence: Any) -> AsyncGenerator[TokenEvent, None]:
+        for item in sequence:
+            await asyncio.sleep(0)
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    def cancel(self, sequence: Any) -> None:
+        self.cancelled.append(sequence)
+
+
+def done(text: str, tokens: int) -> TokenEvent:
+    return TokenEvent(text, tokens, FinishReason.LENGTH)
+
+
+class Plain:
+    def text(self, event: TokenEvent) -> list[dict[str, Any]]:
+        return [{"text": event.text}] if event.text else []
+
+    def finish(self, reason: FinishReason) -> dict[str, Any]:
+        return {"finish": reason.value}
+
+    def reasoning_tokens(self, completion_tokens: int) -> None:
+        return None
+
+    def usage(self, counts: dict[str, Any]) -> dict[str, Any]:
+        return {"usage": counts}
+
+
+def test_a_choice_whose_stream_breaks_ends_the_request_instead_of_hanging_it() -> None:
+    engine = ChoicesEngine()
+    sequences = [[TokenEvent("a", 1), done("b", 2)], [TokenEvent("x", 1), RuntimeError("pipe gone")]]
+
+    async def scenario() -> list[str]:
+        stream = framing.stream_chunks(engine, sequences, a_request(), [Plain(), Plain()], True, 3)  # type: ignore[arg-type]
+        return [line async for line in stream]
+
+    with pytest.raises(GenerationError, match="pipe gone"):
+        run(asyncio.wait_for(scenario(), timeout=5))
+    assert len(engine.cancelled) == 2  # every choice is let go
+
+
+def test_collect_returns_every_choice_in_order_and_a_failing_choice_fails_the_request() -> None:
+    engine = ChoicesEngine()
+    seen: list[tuple[int, str]] = []
+    sequences: Any = [[TokenEvent("a", 1), done("b", 2)], [done("xyz", 3)]]  # what the stand-in engine streams
+    outcomes = run(
+        framing.collect(
+            engine,  # type: ignore[arg-type]
+            sequences,
+            a_request(),
+            lambda choice, event: seen.append((choice, event.text)),
+        )
+    )
+    assert outcomes is not None and [(o.text, o.completion_tokens) for o in outcomes] == [("ab", 2), ("xyz", 3)]
+    assert sorted(seen) == [(0, "a"), (0, "b"), (1, "xyz")]
+    failing = [[done("ok", 1)], [TokenEvent("", 0, FinishReason.ERROR, error="out of memory")]]
+    with pytest.raises(GenerationError, match="out of memory"):
+        run(framing.collect(engine, failing, a_request()))  # type: ignore[arg-type]
+
+
+def test_legacy_alternatives_that_read_the_same_keep_the_likeliest() -> None:
+    top = ((5, -0.1), (6, -3.0), (7, -4.0))
+    names = {5: "\ufffd", 6: "\ufffd", 7: "a"}
+    assert framing._by_text(top, names.__getitem__) == {"\ufffd": -0.1, "a": -4.0}
+
+
+def test_token_bytes_join_back_into_the_text_even_where_tokens_split_a_character(builtin_tokenizer: Any) -> None:
+    text = "naïve 🦙 llama, 龘龘 and ℵ"
+    ids = builtin_tokenizer.encode(text, add_special_tokens=False)
+    describe = framing.token_text(builtin_tokenizer)
+    assert any(describe(t) == "\ufffd" or "\ufffd" in describe(t) for t in ids)  # some token is part of a character
+    assert b"".join(bytes(describe.bytes(t)) for t in ids) == text.encode("utf-8")

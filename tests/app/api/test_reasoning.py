@@ -7,6 +7,7 @@ import random
 import pytest
 
 from app.api.reasoning import ReasoningSplitter, ReasoningTokens, prompt_opens_reasoning, split_reasoning
+from app.engine.types import TokenEvent
 
 
 def feed_pieces(pieces: list[str], starts_in_reasoning: bool = False) -> tuple[str, str]:
@@ -186,3 +187,13 @@ def test_reasoning_that_never_closes_counts_every_token() -> None:
 def test_an_answer_without_reasoning_has_none() -> None:
     assert reasoning_tokens(["x", "y", "</think>"]) == 0
     assert reasoning_tokens([]) == 0
+
+
+def test_reasoning_tokens_do_not_depend_on_how_events_were_merged() -> None:
+    texts = ["<think>", "a", "b", "</think>", "x", "y"]
+    one_by_one = ReasoningTokens()
+    for count, text in enumerate(texts, start=1):
+        one_by_one.feed_event(TokenEvent(text, count))
+    merged = ReasoningTokens()
+    merged.feed_event(TokenEvent("".join(texts), 6, parts=tuple((t, i) for i, t in enumerate(texts, start=1))))
+    assert one_by_one.count(6) == merged.count(6) == 4
