@@ -174,6 +174,7 @@ def walk(
     chosen: list[dict[str, Any]],
     walker: Walker,
 ) -> dict[str, Any]:
+    special = set(getattr(tokenizer, "all_special_ids", []))
     outputs: list[list[int]] = [[] for _ in chosen]
     active = list(range(len(chosen)))
     step_s: list[float] = []  # filling every active row's mask, for steps with the whole batch active
@@ -189,7 +190,7 @@ def walk(
             step_s.append(elapsed)
         allowed = unpack(bitmask[active], vocab)
         for row, token in zip(list(active), walker.pick(allowed, step), strict=True):
-            if token in set(getattr(tokenizer, "all_special_ids", [])):
+            if token in special:
                 active.remove(row)  # the grammar allowed the end: the JSON is complete
                 continue
             outputs[row].append(token)

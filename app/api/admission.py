@@ -107,7 +107,7 @@ def admit(
         len(prompt), requested_max_tokens, runtime.settings.max_model_len, default_max_tokens, prompt_field
     )
     choices = sampling(max_tokens)
-    capacity = runtime.settings.max_batch_size + runtime.settings.max_queue
+    capacity = served.engine.capacity
     if len(choices) > capacity:
         raise APIError(
             400,

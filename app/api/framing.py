@@ -13,12 +13,13 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fastapi import Request
 from fastapi.responses import Response
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from app.api.errors import APIError, GenerationError, body_of
 from app.api.request_record import record_of
@@ -37,6 +38,8 @@ class Outcome:
     text: str
     finish_reason: FinishReason
     completion_tokens: int
+    logprobs: list[TokenLogprob]  # of every token, when the request asked
+    pieces: list[tuple[str, int]]  # the text as it came: (piece, completion tokens so far), for per-token counts
 
 
 class ChunkFormatter(Protocol):
@@ -71,29 +74,19 @@ def now() -> int:
 def envelope(
     completion_id: str, kind: str, created: int, model: str, choice: dict[str, Any], index: int = 0
 ) -> dict[str, Any]:
-    """A completion object with one choice, as both routes answer and stream: `choice` holds its variable part."""
-    return {
-        "id": completion_id,
-        "object": kind,
-        "created": created,
-        "model": model,
-        "choices": [{"index": index, **choice, "logprobs": None}],
-    }
+    """A completion object with one choice, as both routes stream it: `choice` holds its variable part."""
+    return completion(completion_id, kind, created, model, [{"index": index, **choice, "logprobs": None}])
 
 
-def _byte_level_alphabet() -> dict[str, int]:
-    """Byte-level BPE's printable stand-in for each byte (GPT-2's table, which DeepSeek's tokenizer uses)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    shown, extra = list(printable), 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            shown.append(256 + extra)
-            extra += 1
-    return {chr(c): b for b, c in zip(printable, shown, strict=True)}
+def completion(
+    completion_id: str, kind: str, created: int, model: str, choices: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A completion object with its choices, each whole (index, logprobs and its variable part)."""
+    return {"id": completion_id, "object": kind, "created": created, "model": model, "choices": choices}
 
 
-_BYTE_OF = _byte_level_alphabet()
+# byte-level BPE (GPT-2's, which DeepSeek's tokenizer uses) writes each byte as a printable stand-in: its inverse
+_BYTE_OF = {shown: byte for byte, shown in bytes_to_unicode().items()}  # type: ignore[no-untyped-call]
 
 
 class TokenText:
@@ -112,10 +105,6 @@ class TokenText:
         if isinstance(piece, str) and piece and all(c in _BYTE_OF for c in piece):
             return [_BYTE_OF[c] for c in piece]
         return list(self(token).encode("utf-8"))  # a special token, or a tokenizer that is not byte-level
-
-
-def token_text(tokenizer: Any) -> TokenText:
-    return TokenText(tokenizer)
 
 
 def chat_logprobs(entries: list[TokenLogprob], describe: TokenText) -> dict[str, Any]:
@@ -153,7 +142,7 @@ def completion_logprobs(entries: list[TokenLogprob], describe: Callable[[int], s
     }
 
 
-def total_usage(prompt_tokens: int, outcomes: list[tuple[int, int | None]]) -> dict[str, Any]:
+def total_usage(prompt_tokens: int, outcomes: Sequence[tuple[int, int | None]]) -> dict[str, Any]:
     """The usage of a request whose choices generated (completion tokens, reasoning tokens or None) each: the
     prompt counted once (it is computed once), the choices' tokens added up."""
     reasoning = [r for _, r in outcomes if r is not None]
@@ -172,33 +161,28 @@ def usage(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int | No
     return counts
 
 
-async def collect(
-    engine: EngineClient,
-    sequences: list[EngineRequest],
-    request: Request,
-    observe: Callable[[int, TokenEvent], None] | None = None,
-) -> list[Outcome] | None:
-    """Wait for every choice's whole answer (`observe(choice, event)` sees each event on the way). If the client
-    disconnects meanwhile, cancel the generations and return None (logged as 499, nginx's "client closed
-    request")."""
+async def collect(engine: EngineClient, sequences: list[EngineRequest], request: Request) -> list[Outcome] | None:
+    """Wait for every choice's whole answer. If the client disconnects meanwhile, cancel the generations and return
+    None (logged as 499, nginx's "client closed request")."""
 
-    async def consume(choice: int, sequence: EngineRequest) -> Outcome:
-        parts: list[str] = []
+    async def consume(sequence: EngineRequest) -> Outcome:
+        pieces: list[tuple[str, int]] = []
+        logprobs: list[TokenLogprob] = []
         async for event in engine.stream(sequence):
-            if observe is not None:
-                observe(choice, event)
-            parts.append(event.text)
+            pieces.extend(event.pieces())
+            logprobs.extend(event.logprobs)
             if event.finish_reason is not None:
                 if event.error is not None:
                     raise GenerationError(event.error)
-                return Outcome("".join(parts), event.finish_reason, event.completion_tokens)
+                text = "".join(piece for piece, _ in pieces)
+                return Outcome(text, event.finish_reason, event.completion_tokens, logprobs, pieces)
         raise GenerationError("the generation ended without a result")
 
     async def disconnected() -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass
 
-    consumers = [asyncio.ensure_future(consume(i, sequence)) for i, sequence in enumerate(sequences)]
+    consumers = [asyncio.ensure_future(consume(sequence)) for sequence in sequences]
     settled = asyncio.ensure_future(asyncio.wait(consumers, return_when=asyncio.FIRST_EXCEPTION))
     watcher = asyncio.ensure_future(disconnected())
     try:

@@ -7,7 +7,7 @@ with only the closing tag in its text. Works on streamed pieces: a tag split acr
 
 from __future__ import annotations
 
-from app.engine.types import TokenEvent
+from collections.abc import Iterable
 
 OPEN, CLOSE = "<think>", "</think>"
 
@@ -93,8 +93,9 @@ class ReasoningTokens:
         if self._splitter.closed:
             self._at_close = completion_tokens
 
-    def feed_event(self, event: TokenEvent) -> None:
-        for text, completion_tokens in event.pieces():
+    def feed_pieces(self, pieces: Iterable[tuple[str, int]]) -> None:
+        """(text, completion tokens so far) as the generation gave them: TokenEvent.pieces()."""
+        for text, completion_tokens in pieces:
             self.feed(text, completion_tokens)
 
     def count(self, completion_tokens: int) -> int:

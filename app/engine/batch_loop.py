@@ -5,8 +5,7 @@ Each `step()` runs one forward pass over every scheduled sequence, flattened (pa
 running request, the prompts admitted this step (within a token budget), and the next chunk of a prompt being
 prefilled in chunks. Prompts admitted while others decode run in a pass of their own first, so a newcomer's first
 token does not wait for the whole batch's step (never two such passes in a row). It returns the token each request
-got. Pure and synchronous: the engine worker process drives
-it; tests drive it directly.
+got. Pure and synchronous: the engine worker process drives it; tests drive it directly.
 
 KV memory is a pool of fixed-size blocks (kv_blocks.py): a sequence holds the blocks its tokens fill, and a prompt
 that starts with blocks another request computed takes them instead of recomputing them (prefix caching). A request
@@ -272,22 +271,19 @@ class BatchLoop:
         admitted: list[tuple[_Row, int]] = []
         chunk_start: tuple[_Row, int] | None = None
         budget = self._prefill_budget
-        # Prompts admitted this step: a request with the same prompt (the n choices of one request) waits a step
-        # and then takes the blocks the first one filled, so the prompt is computed once.
-        prompts: set[tuple[int, ...]] = set()
         for candidate in list(self._waiting):
             if self.running + len(admitted) >= self._max_batch:
                 break
-            key = tuple(candidate.tokens)
             cached = self._blocks.cached_prefix(candidate.tokens)
-            if self._blocks.prefix_caching and key in prompts and len(cached) < (len(key) - 1) // self._block_size:
-                continue  # its blocks are being computed in this step
-
             to_compute = len(candidate.tokens) - len(cached) * self._block_size
+            if to_compute > self._block_size and self._computing_now(candidate, admitted):
+                # The same prompt (another of the n choices of one request) is being computed in this step: wait
+                # one and take the blocks it fills, so the prompt is computed once.
+                continue
             streaming = bool(self._running)
             start = len(candidate.tokens) - to_compute
-            if self._chunk_tokens and streaming and to_compute > self._chunk_at(start):
-                first = self._chunk_at(start)
+            first = self._chunk_at(start) if self._chunk_tokens else 0
+            if self._chunk_tokens and streaming and to_compute > first:
                 if self._chunking is None and self._take(candidate, cached, first):
                     self._chunking = candidate
                     chunk_start = (candidate, first)
@@ -298,8 +294,11 @@ class BatchLoop:
                 break  # first come, first served: it waits for blocks, and so does everyone behind it
             budget -= to_compute
             admitted.append((candidate, to_compute))
-            prompts.add(key)
         return admitted, chunk_start
+
+    def _computing_now(self, candidate: _Row, admitted: list[tuple[_Row, int]]) -> bool:
+        """Whether a row admitted in this step has the candidate's tokens (the cache would give them next step)."""
+        return self._blocks.prefix_caching and any(row.tokens == candidate.tokens for row, _ in admitted)
 
     def _take(self, row: _Row, cached: list[tuple[int, bytes]], first_tokens: int) -> bool:
         """Move a waiting row into the batch with its cached prefix and the blocks for its first `first_tokens`."""

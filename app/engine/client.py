@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
 from app.engine.messages import (
@@ -206,6 +206,11 @@ class EngineClient:
         """Queue a request, or raise QueueFullError when --max-queue requests already wait for a batch slot."""
         return self.submit_all(prompt, [params])[0]
 
+    @property
+    def capacity(self) -> int:
+        """Requests it holds at once: a batch slot or a queue place each (--max-batch-size + --max-queue)."""
+        return self._capacity
+
     def submit_all(self, prompt: list[int], choices: list[SamplingParams]) -> list[Request]:
         """Queue one request per choice of one prompt, all or none (QueueFullError when they do not all fit)."""
         if not self.alive:
@@ -274,8 +279,9 @@ class EngineClient:
                 self._observer.on_token_gap(now - request.last_token_at)
             request.last_token_at = now
             if is_eos:  # not text, and not reported among the answer's tokens
-                event = TokenEvent(request.text.flush(), request.generated, FinishReason.STOP)
-                self._finish(request, replace(event, logprobs=request.take_logprobs()))
+                text = request.text.flush()
+                event = TokenEvent(text, request.generated, FinishReason.STOP, logprobs=request.take_logprobs())
+                self._finish(request, event)
                 continue
             request.generated += 1
             if logprobs is not None:
@@ -285,8 +291,9 @@ class EngineClient:
                 event = TokenEvent(text, request.generated, FinishReason.STOP, logprobs=request.take_logprobs())
                 self._finish(request, event, cancel_in_engine=True)
             elif finish is not None:
-                event = TokenEvent(text + request.text.flush(), request.generated, FinishReason(finish))
-                self._finish(request, replace(event, logprobs=request.take_logprobs()))
+                text += request.text.flush()
+                event = TokenEvent(text, request.generated, FinishReason(finish), logprobs=request.take_logprobs())
+                self._finish(request, event)
             elif text:
                 request.events.put_nowait(TokenEvent(text, request.generated, logprobs=request.take_logprobs()))
 

@@ -210,22 +210,14 @@ def paged_attention(
     """query [1, heads, tokens, dim]; key and value [1, kv_heads, gathered, dim] as PagedCache gathered them."""
     layout: StepLayout = kwargs[LAYOUT_KWARG]
     query, key, value = query[0], key[0], value[0]
-    heads, kv_heads = query.shape[0], key.shape[0]
+    heads = query.shape[0]
     if layout.widths is not None:
         layout.widths.append(heads * (query.shape[-1] + value.shape[-1]))
-    out = query.new_empty((0 if layout.whole else layout.tokens, heads, value.shape[-1]))
+    if layout.whole:  # one group, every token in order: its output is the step's
+        return _attend(layout.groups[0], query, key, value, scaling).unsqueeze(0), None
+    out = query.new_empty((layout.tokens, heads, value.shape[-1]))
     for group in layout.groups:
-        picked = query[:, group.span[0] : group.span[1]] if group.span else query.index_select(1, group.query_index)
-        q = picked.view(heads, group.rows, group.queries, -1).transpose(0, 1)
-        span = slice(group.key_start, group.key_start + group.rows * group.keys)
-        k = key[:, span].reshape(kv_heads, group.rows, group.keys, -1).transpose(0, 1)
-        v = value[:, span].reshape(kv_heads, group.rows, group.keys, -1).transpose(0, 1)
-        attended = torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=group.mask, is_causal=group.causal, scale=scaling, enable_gqa=heads != kv_heads
-        )  # [rows, heads, queries, dim]
-        flat = attended.transpose(1, 2).reshape(group.rows * group.queries, heads, -1)
-        if layout.whole:
-            return flat.unsqueeze(0), None  # one group, every token in order: its output is the step's
+        flat = _attend(group, query, key, value, scaling)
         if group.span is not None:
             out[group.span[0] : group.span[1]] = flat
         elif group.real is None:
@@ -234,6 +226,22 @@ def paged_attention(
             assert group.out_index is not None
             out.index_copy_(0, group.out_index, flat[group.real])
     return out.unsqueeze(0), None
+
+
+def _attend(
+    group: _Group, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float | None
+) -> torch.Tensor:
+    """One group's attention: [rows * queries, heads, dim], its padded queries in row order."""
+    heads, kv_heads = query.shape[0], key.shape[0]
+    picked = query[:, group.span[0] : group.span[1]] if group.span else query.index_select(1, group.query_index)
+    q = picked.view(heads, group.rows, group.queries, -1).transpose(0, 1)
+    span = slice(group.key_start, group.key_start + group.rows * group.keys)
+    k = key[:, span].reshape(kv_heads, group.rows, group.keys, -1).transpose(0, 1)
+    v = value[:, span].reshape(kv_heads, group.rows, group.keys, -1).transpose(0, 1)
+    attended = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=group.mask, is_causal=group.causal, scale=scaling, enable_gqa=heads != kv_heads
+    )  # [rows, heads, queries, dim]
+    return attended.transpose(1, 2).reshape(group.rows * group.queries, heads, -1)
 
 
 AttentionInterface.register(ATTENTION_NAME, paged_attention)

@@ -12,7 +12,7 @@ from app.api.deps import RuntimeDep, ServedDep
 from app.api.errors import APIError
 from app.api.reasoning import ReasoningSplitter, ReasoningTokens, prompt_opens_reasoning, split_reasoning
 from app.api.schemas import ChatCompletionRequest
-from app.engine.types import FinishReason, TokenEvent, TokenLogprob
+from app.engine.types import FinishReason, TokenEvent
 from app.model.conventions import THINK_OPEN
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -52,7 +52,7 @@ class ChatChunks:
         return framing.envelope(self._id, "chat.completion.chunk", self._created, self._model, choice, self._index)
 
     def text(self, event: TokenEvent) -> list[dict[str, Any]]:
-        self._reasoning_tokens.feed_event(event)
+        self._reasoning_tokens.feed_pieces(event.pieces())
         chunks = self._text(event.text, event.finish_reason is not None)
         if event.logprobs and self._describe is not None:
             if not chunks:  # their text is held back (a partial character, a possible stop string)
@@ -106,7 +106,7 @@ async def chat_completions(
     )
     prompt_tokens = len(admitted.prompt)
     thinking = prompt_opens_reasoning(prompt_text)
-    describe = framing.token_text(tokenizer) if body.logprobs else None
+    describe = framing.TokenText(tokenizer) if body.logprobs else None
     completion_id, created = framing.new_id("chatcmpl"), framing.now()
 
     if body.stream:
@@ -120,30 +120,22 @@ async def chat_completions(
         preamble = "".join(framing.sse(f.chunk({"role": "assistant", "content": ""})) for f in formatters)
         return await framing.event_stream(lines, request, preamble=preamble)
 
-    counters = [ReasoningTokens(starts_in_reasoning=thinking) for _ in range(body.n)]
-    logprobs: list[list[TokenLogprob]] = [[] for _ in range(body.n)]
-
-    def observe(choice: int, event: TokenEvent) -> None:
-        counters[choice].feed_event(event)
-        logprobs[choice].extend(event.logprobs)
-
-    outcomes = await framing.collect(served.engine, admitted.sequences, request, observe)
+    outcomes = await framing.collect(served.engine, admitted.sequences, request)
     if outcomes is None:
         return Response(status_code=framing.CLIENT_GONE)  # nobody is left to read it
-    choices = []
+    choices, counts = [], []
     for index, outcome in enumerate(outcomes):
         reasoning, content = split_reasoning(outcome.text, starts_in_reasoning=thinking)
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if reasoning is not None:
             message["reasoning_content"] = message["reasoning"] = reasoning
-        scored = framing.chat_logprobs(logprobs[index], describe) if describe is not None else None
+        scored = framing.chat_logprobs(outcome.logprobs, describe) if describe is not None else None
         choices.append(
             {"index": index, "message": message, "finish_reason": outcome.finish_reason.value, "logprobs": scored}
         )
-    answer = framing.envelope(completion_id, "chat.completion", created, runtime.model_name, {})
-    answer["choices"] = choices
-    answer["usage"] = framing.total_usage(
-        prompt_tokens,
-        [(o.completion_tokens, c.count(o.completion_tokens)) for o, c in zip(outcomes, counters, strict=True)],
-    )
+        counter = ReasoningTokens(starts_in_reasoning=thinking)
+        counter.feed_pieces(outcome.pieces)
+        counts.append((outcome.completion_tokens, counter.count(outcome.completion_tokens)))
+    answer = framing.completion(completion_id, "chat.completion", created, runtime.model_name, choices)
+    answer["usage"] = framing.total_usage(prompt_tokens, counts)
     return JSONResponse(answer)

@@ -11,7 +11,7 @@ from app.api import admission, framing
 from app.api.deps import RuntimeDep, ServedDep
 from app.api.errors import APIError
 from app.api.schemas import CompletionRequest
-from app.engine.types import FinishReason, TokenEvent, TokenLogprob
+from app.engine.types import FinishReason, TokenEvent
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -90,7 +90,7 @@ async def completions(body: CompletionRequest, request: Request, runtime: Runtim
         stream=body.stream,
     )
     completion_id, created = framing.new_id("cmpl"), framing.now()
-    describe = framing.token_text(served.tokenizer) if body.logprobs is not None else None
+    describe = framing.TokenText(served.tokenizer) if body.logprobs is not None else None
     formatters = [
         CompletionChunks(completion_id, created, runtime.model_name, index, describe) for index in range(body.n)
     ]
@@ -101,18 +101,15 @@ async def completions(body: CompletionRequest, request: Request, runtime: Runtim
         )
         return await framing.event_stream(lines, request)
 
-    logprobs: list[list[TokenLogprob]] = [[] for _ in range(body.n)]
-    outcomes = await framing.collect(
-        served.engine, admitted.sequences, request, lambda choice, event: logprobs[choice].extend(event.logprobs)
-    )
+    outcomes = await framing.collect(served.engine, admitted.sequences, request)
     if outcomes is None:
         return Response(status_code=framing.CLIENT_GONE)  # nobody is left to read it
-    answer = formatters[0].chunk("")
-    answer["choices"] = []
-    for index, (formatter, outcome) in enumerate(zip(formatters, outcomes, strict=True)):
+    choices = []
+    for formatter, outcome in zip(formatters, outcomes, strict=True):
         choice = formatter.chunk(outcome.text, finish_reason=outcome.finish_reason.value)["choices"][0]
         if describe is not None:
-            choice["logprobs"] = framing.completion_logprobs(logprobs[index], describe, 0)
-        answer["choices"].append(choice)
+            choice["logprobs"] = framing.completion_logprobs(outcome.logprobs, describe, 0)
+        choices.append(choice)
+    answer = framing.completion(completion_id, "text_completion", created, runtime.model_name, choices)
     answer["usage"] = framing.total_usage(prompt_tokens, [(o.completion_tokens, None) for o in outcomes])
     return JSONResponse(answer)

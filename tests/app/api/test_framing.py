@@ -15,7 +15,7 @@ from app.api import framing
 from app.api.errors import GenerationError, body_of
 from app.api.request_record import record_of
 from app.api.streaming import EventStreamResponse
-from app.engine.types import FinishReason, TokenEvent
+from app.engine.types import FinishReason, TokenEvent, TokenLogprob
 from tests.app.aio import run
 from tests.app.asgi import Client
 
@@ -141,23 +141,40 @@ def test_a_choice_whose_stream_breaks_ends_the_request_instead_of_hanging_it() -
     assert len(engine.cancelled) == 2  # every choice is let go
 
 
+def a_connected_request() -> Request:
+    """A request whose client stays connected while it is answered."""
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    return Request({"type": "http", "headers": [], "state": {}}, receive)
+
+
 def test_collect_returns_every_choice_in_order_and_a_failing_choice_fails_the_request() -> None:
     engine = ChoicesEngine()
-    seen: list[tuple[int, str]] = []
-    sequences: Any = [[TokenEvent("a", 1), done("b", 2)], [done("xyz", 3)]]  # what the stand-in engine streams
-    outcomes = run(
-        framing.collect(
-            engine,  # type: ignore[arg-type]
-            sequences,
-            a_request(),
-            lambda choice, event: seen.append((choice, event.text)),
-        )
-    )
-    assert outcomes is not None and [(o.text, o.completion_tokens) for o in outcomes] == [("ab", 2), ("xyz", 3)]
-    assert sorted(seen) == [(0, "a"), (0, "b"), (1, "xyz")]
-    failing = [[done("ok", 1)], [TokenEvent("", 0, FinishReason.ERROR, error="out of memory")]]
+    scored = TokenLogprob(9, -0.5, ((9, -0.5),))
+    merged = TokenEvent("bc", 3, parts=(("b", 2), ("c", 3)), logprobs=(scored,))
+    sequences: Any = [[TokenEvent("a", 1), merged, done("", 3)], [done("xyz", 3)]]  # what the stand-in streams
+    outcomes = run(framing.collect(engine, sequences, a_connected_request()))  # type: ignore[arg-type]
+    assert outcomes is not None and [(o.text, o.completion_tokens) for o in outcomes] == [("abc", 3), ("xyz", 3)]
+    assert outcomes[0].pieces == [("a", 1), ("b", 2), ("c", 3), ("", 3)]  # merged events keep their pieces
+    assert outcomes[0].logprobs == [scored] and outcomes[1].logprobs == []
+    failing: Any = [[done("ok", 1)], [TokenEvent("", 0, FinishReason.ERROR, error="out of memory")]]
     with pytest.raises(GenerationError, match="out of memory"):
-        run(framing.collect(engine, failing, a_request()))  # type: ignore[arg-type]
+        run(framing.collect(engine, failing, a_connected_request()))  # type: ignore[arg-type]
+
+
+def test_a_client_that_leaves_gets_none_and_every_choice_is_cancelled() -> None:
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    engine = ChoicesEngine()
+    slow: Any = [[TokenEvent(str(i), i + 1) for i in range(1000)], [TokenEvent("x", 1)] * 1000]
+    gone = Request({"type": "http", "headers": [], "state": {}}, receive)
+    assert run(framing.collect(engine, slow, gone)) is None  # type: ignore[arg-type]
+    assert record_of(gone).status == framing.CLIENT_GONE
+    assert len(engine.cancelled) == 2
 
 
 def test_legacy_alternatives_that_read_the_same_keep_the_likeliest() -> None:
@@ -169,6 +186,6 @@ def test_legacy_alternatives_that_read_the_same_keep_the_likeliest() -> None:
 def test_token_bytes_join_back_into_the_text_even_where_tokens_split_a_character(builtin_tokenizer: Any) -> None:
     text = "naïve 🦙 llama, 龘龘 and ℵ"
     ids = builtin_tokenizer.encode(text, add_special_tokens=False)
-    describe = framing.token_text(builtin_tokenizer)
+    describe = framing.TokenText(builtin_tokenizer)
     assert any(describe(t) == "\ufffd" or "\ufffd" in describe(t) for t in ids)  # some token is part of a character
     assert b"".join(bytes(describe.bytes(t)) for t in ids) == text.encode("utf-8")

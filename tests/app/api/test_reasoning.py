@@ -193,7 +193,9 @@ def test_reasoning_tokens_do_not_depend_on_how_events_were_merged() -> None:
     texts = ["<think>", "a", "b", "</think>", "x", "y"]
     one_by_one = ReasoningTokens()
     for count, text in enumerate(texts, start=1):
-        one_by_one.feed_event(TokenEvent(text, count))
+        one_by_one.feed_pieces(TokenEvent(text, count).pieces())
     merged = ReasoningTokens()
-    merged.feed_event(TokenEvent("".join(texts), 6, parts=tuple((t, i) for i, t in enumerate(texts, start=1))))
+    merged.feed_pieces(
+        TokenEvent("".join(texts), 6, parts=tuple((t, i) for i, t in enumerate(texts, start=1))).pieces()
+    )
     assert one_by_one.count(6) == merged.count(6) == 4
