@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.engine.client import EngineClient
-from app.engine.worker import KVCacheSpec, WorkerSpec
+from app.engine.spec import KVCacheSpec, WorkerSpec
 from app.metrics import Metrics
 from app.model.conventions import generation_defaults
-from app.model.loader import ModelLoadError, WeightsSpec, load_tokenizer, resolve_source
+from app.model.source import ModelLoadError, WeightsSpec, load_tokenizer, resolve_source
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -27,7 +27,8 @@ from app.engine.batch_loop import BatchLoop
 from app.engine.types import SamplingParams
 from app.model import hardware
 from app.model.builtin import ensure_builtin_model
-from app.model.loader import WeightsSpec, load_weights
+from app.model.loader import load_weights
+from app.model.source import WeightsSpec
 
 Workload = tuple[str, list[list[int]], int]  # name, prompts, new tokens each
 

@@ -216,7 +216,7 @@ def walk(
 def main() -> int:
     from app.model import hardware
     from app.model.builtin import ensure_builtin_model
-    from app.model.loader import load_tokenizer
+    from app.model.source import load_tokenizer
 
     print(hardware.describe())
     tokenizer = load_tokenizer(ensure_builtin_model(), lambda _: None)

@@ -29,6 +29,7 @@ from app.engine.messages import (
     StepToken,
     ToEngine,
 )
+from app.engine.spec import WorkerSpec, engine_main
 from app.engine.text import Decoder, IncrementalText
 from app.engine.types import (
     CacheConfig,
@@ -41,8 +42,7 @@ from app.engine.types import (
     TokenLogprob,
 )
 from app.engine.wire import BlockingReader, FrameDecoder, LoopReader, LoopWriter
-from app.engine.worker import WorkerSpec, run_worker
-from app.model.loader import ModelLoadError
+from app.model.source import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class EngineClient:
         engine_inbox, to_engine = context.Pipe(duplex=False)
         from_engine, engine_outbox = context.Pipe(duplex=False)
         process = context.Process(
-            target=run_worker, args=(engine_inbox, engine_outbox, self._spec), name="engine", daemon=True
+            target=engine_main, args=(engine_inbox, engine_outbox, self._spec), name="engine", daemon=True
         )
         with self._spawning:  # close() sees either no process (and none is spawned) or this one
             if not self._closing:

@@ -15,36 +15,20 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 import torch
 
 from app.engine.batch_loop import BatchLoop
 from app.engine.messages import Add, Cancel, Failed, FailedRequests, FromEngine, Progress, Ready, Step
+from app.engine.spec import KVCacheSpec, WorkerSpec
 from app.engine.types import SamplingParams
 from app.engine.wire import BlockingReader, write_all
 from app.model import hardware
-from app.model.loader import ModelLoadError, WeightsSpec, load_weights
+from app.model.loader import load_weights
+from app.model.source import ModelLoadError
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class KVCacheSpec:
-    memory: int | None = None  # bytes; None: `fraction` of the memory free after loading
-    fraction: float | None = None  # None: by device (KV_CACHE_FRACTION)
-    prefix_caching: bool = True
-    block_size: int = 16
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    weights: WeightsSpec
-    max_batch_size: int
-    log_level: str
-    prefill_chunk_tokens: int | None = None
-    kv_cache: KVCacheSpec = KVCacheSpec()
 
 
 # The KV cache's share of the memory free once the weights are in, by device, when no size is given. A GPU: 0.9,

@@ -113,7 +113,7 @@ def ensure_builtin_model(cache_root: Path | None = None) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the cache may be shared by other users of the machine
     try:
-        write_builtin_checkpoint(staging)
+        _build_apart(staging)
         try:
             staging.rename(target)
         except OSError:
@@ -135,6 +135,20 @@ def ensure_random_shape(shape: str, cache_root: Path | None = None) -> Path:
     (target / RANDOM_WEIGHTS_MARKER).write_text(json.dumps({"seed": SEED}))
     _write_tokenizer(target)
     return target
+
+
+def _build_apart(directory: Path) -> None:
+    """Write the checkpoint from a process of its own: the build needs torch and leaves the model's pages behind,
+    and the API process, which calls this on its first start, otherwise never imports torch (app/engine/spec.py)."""
+    import multiprocessing
+
+    builder = multiprocessing.get_context("spawn").Process(
+        target=write_builtin_checkpoint, args=(directory,), name="builtin-model-build"
+    )
+    builder.start()
+    builder.join()
+    if builder.exitcode != 0:
+        raise RuntimeError(f"building the built-in model in {directory} failed (exit code {builder.exitcode})")
 
 
 def write_builtin_checkpoint(directory: Path) -> None:

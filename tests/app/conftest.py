@@ -44,7 +44,7 @@ def builtin_dir(builtin_cache: Path) -> Path:
 @pytest.fixture(scope="session")
 def builtin_tokenizer(builtin_dir: Path) -> Any:
     """The real DeepSeek tokenizer, loaded from the checkpoint as the API process loads it."""
-    from app.model.loader import load_tokenizer
+    from app.model.source import load_tokenizer
 
     return load_tokenizer(builtin_dir, lambda _: None)
 
@@ -52,7 +52,8 @@ def builtin_tokenizer(builtin_dir: Path) -> Any:
 @pytest.fixture(scope="session")
 def builtin_weights(builtin_dir: Path) -> Any:
     """The checkpoint loaded as the server loads it by default: dtype auto (bfloat16), on the CPU."""
-    from app.model.loader import WeightsSpec, load_weights
+    from app.model.loader import load_weights
+    from app.model.source import WeightsSpec
 
     return load_weights(WeightsSpec(str(builtin_dir), "auto", "cpu", 4096), lambda _: None)
 
@@ -64,6 +65,7 @@ def builtin_weights_fp32(builtin_dir: Path) -> Any:
     In bfloat16 the random model's top two logits are often one rounding step apart (16.5 vs 16.375), so a cached
     decode and a full forward pass of the same sequence can pick different tokens; float32 leaves no such ties.
     """
-    from app.model.loader import WeightsSpec, load_weights
+    from app.model.loader import load_weights
+    from app.model.source import WeightsSpec
 
     return load_weights(WeightsSpec(str(builtin_dir), "float32", "cpu", 4096), lambda _: None)

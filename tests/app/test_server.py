@@ -9,6 +9,7 @@ import json
 import math
 import re
 import socket
+from pathlib import Path
 
 import httpx
 import openai
@@ -397,6 +398,18 @@ def test_health_ready_and_metrics(server: LiveServer) -> None:
     assert logged is not None
     assert labels["block_size"] == "16" and labels["enable_prefix_caching"] == "true"
     assert int(labels["block_size"]) * int(labels["num_blocks"]) == int(logged[1])
+
+
+def test_only_the_engine_process_loads_torch(server: LiveServer) -> None:
+    """The API process keeps torch out (app/engine/spec.py): torch and the model classes cost it ~500 MiB resident
+    for nothing, and the built-in model is built in a process of its own. The engine process is the one with it."""
+
+    def maps_torch(pid: int) -> bool:
+        return "libtorch_cpu" in Path(f"/proc/{pid}/maps").read_text()
+
+    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()
+    assert not maps_torch(server.process.pid)
+    assert [pid for pid in map(int, children) if maps_torch(pid)], "no engine process with torch loaded"
 
 
 def test_one_json_log_line_per_request(server: LiveServer) -> None:

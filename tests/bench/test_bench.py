@@ -51,7 +51,7 @@ def test_bench_runs_against_a_local_server_and_writes_figures(tmp_path: Path) ->
         assert run["sequential_tokens_per_s"] > 0
         assert run["concurrent_tokens_per_s"] > 0
         assert run["lone_ttft_ms"] > 0
-    assert 0 < runs[-1]["server_resident_mib"] < 2048
+    assert 0 < runs[-1]["server_resident_mib"] < 1536  # 1,024 MiB on the 2-core dev machine
 
 
 def test_bench_refuses_bad_arguments() -> None:

@@ -13,7 +13,7 @@ from bench import grammar_libraries as bench
 @pytest.fixture(scope="module")
 def builtin_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from app.model.builtin import ensure_builtin_model
-    from app.model.loader import load_tokenizer
+    from app.model.source import load_tokenizer
 
     return load_tokenizer(ensure_builtin_model(tmp_path_factory.mktemp("builtin")), lambda _: None)
 

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from app.engine.client import EngineClient
-from app.engine.worker import WorkerSpec
-from app.model.loader import WeightsSpec
+from app.engine.spec import WorkerSpec
+from app.model.source import WeightsSpec
 
 
 def engines() -> list[multiprocessing.process.BaseProcess]:

@@ -21,6 +21,7 @@ import torch
 from app.engine import worker
 from app.engine.batch_loop import StepOutput, StepStats
 from app.engine.messages import Add, Cancel, FailedRequests, Step
+from app.engine.spec import KVCacheSpec
 from app.engine.types import KVStats, SamplingParams
 from app.engine.wire import BlockingReader, frame, write_all
 from app.model import hardware
@@ -389,7 +390,7 @@ def test_the_kv_cache_budget_is_the_size_given_else_the_devices_share_of_free_me
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     cpu = torch.device("cpu")
-    assert worker.kv_cache_bytes(worker.KVCacheSpec(memory=123 * 2**20), cpu) == 123 * 2**20
+    assert worker.kv_cache_bytes(KVCacheSpec(memory=123 * 2**20), cpu) == 123 * 2**20
     monkeypatch.setattr(hardware, "available_memory", lambda: 10 * 2**30)
-    assert worker.kv_cache_bytes(worker.KVCacheSpec(), cpu) == 5 * 2**30  # half of a CPU machine's available memory
-    assert worker.kv_cache_bytes(worker.KVCacheSpec(fraction=0.25), cpu) == 10 * 2**30 // 4
+    assert worker.kv_cache_bytes(KVCacheSpec(), cpu) == 5 * 2**30  # half of a CPU machine's available memory
+    assert worker.kv_cache_bytes(KVCacheSpec(fraction=0.25), cpu) == 10 * 2**30 // 4

@@ -17,7 +17,8 @@ from app.model.builtin import (
     builtin_fingerprint,
     ensure_builtin_model,
 )
-from app.model.loader import ModelLoadError, WeightsSpec, load_tokenizer, load_weights, resolve_source
+from app.model.loader import load_weights
+from app.model.source import ModelLoadError, WeightsSpec, load_tokenizer, resolve_source
 
 BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
 USER, ASSISTANT = "<｜User｜>", "<｜Assistant｜>"

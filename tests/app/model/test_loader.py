@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from app.model import hardware
-from app.model.loader import LOADABLE_WEIGHTS, ModelLoadError, resolve_dtype, resolve_source
+from app.model.loader import resolve_dtype
+from app.model.source import LOADABLE_WEIGHTS, ModelLoadError, resolve_source
 
 
 def ignore(_: str) -> None:
@@ -44,10 +45,10 @@ def test_safetensors_checkpoints_are_accepted_sharded_or_not(tmp_path: Path) -> 
 
 
 def test_the_hub_download_asks_for_the_loadable_formats_only() -> None:
-    from app.model import loader
+    from app.model import source
 
     assert LOADABLE_WEIGHTS == ("*.safetensors",)
-    assert [pattern for pattern in loader._HUB_FILES if pattern.endswith((".bin", ".pt", ".safetensors"))] == [
+    assert [pattern for pattern in source._HUB_FILES if pattern.endswith((".bin", ".pt", ".safetensors"))] == [
         "*.safetensors"
     ]
 
