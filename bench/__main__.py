@@ -6,7 +6,8 @@
 
 Printed in one run: throughput of N concurrent streams x M new tokens (EOS ignored) against the same N requests
 sent one after another (the ratio is what continuous batching buys), p50/p99 time to first token under
-concurrency, and p99 concurrent TTFT divided by a lone request's TTFT.
+concurrency, p99 concurrent TTFT divided by a lone request's TTFT, and the cost of structured outputs: the same
+concurrent requests constrained by a json_schema response_format, their tokens/s divided by the unconstrained.
 """
 
 from __future__ import annotations
@@ -25,6 +26,35 @@ from bench.local_server import local_server, resident_mib
 
 PROMPT = "Explain, step by step, how continuous batching raises the throughput of an inference server."
 
+# The constrained phase's response_format: a list of objects (strings, bounded integers, enums) so long that no
+# output finishes within max_tokens, so the constrained requests generate as many tokens as the unconstrained ones.
+CONSTRAINED_FORMAT: dict[str, object] = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "districts",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "properties": {
+                "districts": {
+                    "type": "array",
+                    "minItems": 1000,
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "name": {"type": "string", "maxLength": 16},
+                            "population": {"type": "integer", "minimum": 0, "maximum": 1000000},
+                            "kind": {"enum": ["old town", "harbour", "market"]},
+                        },
+                        "required": ["name", "population", "kind"],
+                    },
+                }
+            },
+            "required": ["districts"],
+        },
+    },
+}
+
 
 @dataclass
 class Report:
@@ -38,6 +68,9 @@ class Report:
     ttft_p50_ms: float
     ttft_p99_ms: float
     ttft_ratio: float
+    # The same concurrent requests under a json_schema response_format, and its tokens/s ÷ the unconstrained ones'
+    constrained_tokens_per_s: float
+    constrained_ratio: float
     failed: int
     server_resident_mib: float | None = None  # after the run, HTTP and engine processes together (local only)
 
@@ -72,14 +105,21 @@ async def measure(base_url: str, api_key: str | None, model: str | None, concurr
         started = time.perf_counter()
         concurrent = await asyncio.gather(*(c.chat_stream(model, PROMPT, max_tokens) for c in connections))
         concurrent_time = time.perf_counter() - started
+
+        started = time.perf_counter()
+        constrained = await asyncio.gather(
+            *(c.chat_stream(model, PROMPT, max_tokens, response_format=CONSTRAINED_FORMAT) for c in connections)
+        )
+        constrained_time = time.perf_counter() - started
     finally:
         await asyncio.gather(*(c.close() for c in connections))
 
     ok = [r for r in concurrent if r.status == 200]
-    failed = len(concurrent) - len(ok) + sum(r.status != 200 for r in sequential)
+    failed = len(concurrent) - len(ok) + sum(r.status != 200 for r in (*sequential, *constrained))
     ttfts = [r.ttft for r in ok] or [0.0]
     sequential_rate = sum(r.completion_tokens for r in sequential) / sequential_time
     concurrent_rate = sum(r.completion_tokens for r in ok) / concurrent_time
+    constrained_rate = sum(r.completion_tokens for r in constrained if r.status == 200) / constrained_time
     p99 = percentile(ttfts, 99)
     return Report(
         endpoint=base_url,
@@ -92,6 +132,8 @@ async def measure(base_url: str, api_key: str | None, model: str | None, concurr
         ttft_p50_ms=round(percentile(ttfts, 50) * 1000, 1),
         ttft_p99_ms=round(p99 * 1000, 1),
         ttft_ratio=round(p99 / lone_ttft, 2) if lone_ttft else 0.0,
+        constrained_tokens_per_s=round(constrained_rate, 1),
+        constrained_ratio=round(constrained_rate / concurrent_rate, 2) if concurrent_rate else 0.0,
         failed=failed,
     )
 
@@ -104,6 +146,8 @@ FIGURES = (
     ("ttft_p50_ms", "TTFT p50 (ms)", "{:.1f}"),
     ("ttft_p99_ms", "TTFT p99 (ms)", "{:.1f}"),
     ("ttft_ratio", "TTFT ratio (x, p99 / lone)", "{:.2f}"),
+    ("constrained_tokens_per_s", "json_schema tokens/s", "{:.1f}"),
+    ("constrained_ratio", "constrained ratio (x)", "{:.2f}"),
 )
 
 

@@ -72,19 +72,22 @@ class Connection:
         max_tokens: int,
         ignore_eos: bool = True,
         first_token: asyncio.Event | None = None,
+        response_format: dict[str, object] | None = None,
     ) -> Result:
-        """One streamed chat completion; `first_token` (if given) is set when its first generated text arrives."""
-        payload = json.dumps(
-            {
-                "model": model,
-                "messages": [{"role": "user", "content": prompt}],
-                "max_tokens": max_tokens,
-                "temperature": 0.0,
-                "stream": True,
-                "stream_options": {"include_usage": True},
-                "ignore_eos": ignore_eos,
-            }
-        ).encode()
+        """One streamed chat completion; `first_token` (if given) is set when its first generated text arrives.
+        With a `response_format` the output is constrained (and EOS, which ends a finished JSON value, is kept)."""
+        body: dict[str, object] = {
+            "model": model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+            "temperature": 0.0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "ignore_eos": ignore_eos and response_format is None,
+        }
+        if response_format is not None:
+            body["response_format"] = response_format
+        payload = json.dumps(body).encode()
         reader, writer = await self._connect()
         started = time.perf_counter()
         writer.write(self._head("POST", "/v1/chat/completions", len(payload)) + payload)

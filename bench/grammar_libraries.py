@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import random
 import statistics
 import sys
@@ -27,28 +28,32 @@ ROWS = 32
 MAX_TOKENS = 400
 
 
-def random_schema(chooser: random.Random, depth: int = 0) -> dict[str, Any]:
-    """A JSON schema of the kinds structured outputs send: objects (all properties required), arrays, enums."""
+def random_schema(chooser: random.Random, depth: int = 0, bounded: bool = False) -> dict[str, Any]:
+    """A JSON schema of the kinds structured outputs send: objects (all properties required), arrays, enums.
+    `bounded`: integers and numbers get a range too, so that a random-weights model, which may write digits for
+    as long as the grammar lets it, still ends its numbers (the server's acceptance tests)."""
     kinds = ["string", "integer", "number", "boolean", "enum"] + (["object", "array"] if depth < 2 else [])
     kind = chooser.choice(kinds)
     if kind == "object":
         names = chooser.sample(["name", "id", "tags", "score", "items", "ok", "city", "meta"], chooser.randint(1, 4))
-        properties = {name: random_schema(chooser, depth + 1) for name in names}
+        properties = {name: random_schema(chooser, depth + 1, bounded) for name in names}
         return {"type": "object", "properties": properties, "required": names, "additionalProperties": False}
     if kind == "array":
-        return {"type": "array", "items": random_schema(chooser, depth + 1), "maxItems": 3}
+        return {"type": "array", "items": random_schema(chooser, depth + 1, bounded), "maxItems": 3}
     if kind == "enum":
         return {"enum": chooser.sample(["red", "green", "blue", "none"], 2)}
     if kind == "string":
         return {"type": "string", "maxLength": 12}
+    if bounded and kind in ("integer", "number"):
+        return {"type": kind, "minimum": -100, "maximum": 1000}
     return {"type": kind}
 
 
-def schemas(count: int, seed: int = 0) -> list[dict[str, Any]]:
+def schemas(count: int, seed: int = 0, bounded: bool = False) -> list[dict[str, Any]]:
     chooser = random.Random(seed)
     found: list[dict[str, Any]] = []
     while len(found) < count:
-        schema = random_schema(chooser)
+        schema = random_schema(chooser, bounded=bounded)
         if schema.get("type") == "object":  # what response_format's json_schema carries
             found.append(schema)
     return found
@@ -74,10 +79,10 @@ def conforms(value: Any, schema: dict[str, Any]) -> bool:
         )
     if kind == "string":
         return isinstance(value, str) and len(value) <= schema["maxLength"]
-    if kind == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "number":
-        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind in ("integer", "number"):
+        numeric = isinstance(value, int) if kind == "integer" else isinstance(value, int | float)
+        in_range = schema.get("minimum", -math.inf) <= value <= schema.get("maximum", math.inf) if numeric else False
+        return numeric and not isinstance(value, bool) and in_range
     return isinstance(value, bool)
 
 

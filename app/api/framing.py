@@ -59,6 +59,15 @@ class ChunkFormatter(Protocol):
         """The usage chunk (stream_options.include_usage), carrying the whole request's counts."""
 
 
+def failure_of(event: TokenEvent) -> APIError:
+    """The error an event that ended its generation with one stands for: the client's (400, naming the field)
+    when the engine refused the request, else the engine's (503)."""
+    assert event.error is not None
+    if event.invalid is not None:
+        return APIError(400, event.error, param=event.invalid)
+    return GenerationError(event.error)
+
+
 def sse(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
@@ -173,7 +182,7 @@ async def collect(engine: EngineClient, sequences: list[EngineRequest], request:
             logprobs.extend(event.logprobs)
             if event.finish_reason is not None:
                 if event.error is not None:
-                    raise GenerationError(event.error)
+                    raise failure_of(event)
                 text = "".join(piece for piece, _ in pieces)
                 return Outcome(text, event.finish_reason, event.completion_tokens, logprobs, pieces)
         raise GenerationError("the generation ended without a result")
@@ -224,7 +233,7 @@ async def stream_chunks(
     async with contextlib.aclosing(_events(engine, sequences)) as events:
         async for choice, event in events:
             if event.error is not None:
-                raise GenerationError(event.error)
+                raise failure_of(event)
             formatter = formatters[choice]
             for chunk in formatter.text(event):
                 yield sse(chunk)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-OPEN, CLOSE = "<think>", "</think>"
+from app.model.conventions import THINK_CLOSE
+
+OPEN, CLOSE = "<think>", THINK_CLOSE
 
 
 def prompt_opens_reasoning(prompt_text: str) -> bool:

@@ -6,11 +6,12 @@ unless their value is the no-op default (clients often send `frequency_penalty: 
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.engine.types import SamplingParams
+from app.engine.types import Grammar, GrammarKind, SamplingParams
 from app.model.conventions import GenerationDefaults
 
 MAX_CHOICES = 128  # n: evaluation harnesses sample up to 64 (cons@64); each choice is one request in the engine
@@ -48,8 +49,9 @@ UNSUPPORTED: dict[str, Any] = {
     "tools": lambda v: not v,
     "tool_choice": lambda v: v in (None, "none"),
     "functions": lambda v: not v,
-    "response_format": lambda v: v is None or (isinstance(v, dict) and v.get("type") == "text"),
 }
+
+SCHEMA_NAME = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for json_schema.name
 
 
 class TextPart(BaseModel):
@@ -77,6 +79,41 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JSONSchemaFormat(BaseModel):
+    """response_format.json_schema: the schema the output must validate against."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(pattern=SCHEMA_NAME)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")  # None: any JSON object
+    strict: bool | None = False  # true: objects take only the properties the schema lists
+
+
+class ResponseFormat(BaseModel):
+    """Structured outputs: free text (the default), any JSON object, or JSON that validates against a schema."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is required with type json_schema, and only with it")
+        return self
+
+    def grammar(self, after: int | None) -> Grammar | None:
+        """What the engine constrains the output to; `after`: the token the constraint starts after."""
+        if self.type == "text":
+            return None
+        if self.json_schema is None or self.json_schema.schema_ is None:
+            return Grammar(GrammarKind.JSON_OBJECT, after=after)
+        schema = json.dumps(self.json_schema.schema_)
+        return Grammar(GrammarKind.JSON_SCHEMA, schema, bool(self.json_schema.strict), after)
+
+
 class _GenerationRequest(BaseModel):
     """What chat and completions requests share: the model, sampling, stopping and streaming."""
 
@@ -99,6 +136,7 @@ class _GenerationRequest(BaseModel):
     stream_options: StreamOptions | None = None
     # vLLM's extension: keep generating past end-of-sequence (benchmarks use it to fix the output length).
     ignore_eos: bool = False
+    response_format: ResponseFormat | None = None
     user: str | None = None
 
     @field_validator("n", mode="before")
@@ -129,20 +167,38 @@ class _GenerationRequest(BaseModel):
             raise ValueError("stream_options is only allowed when stream is true")
         return self
 
+    @model_validator(mode="after")
+    def _structured_outputs_end(self) -> _GenerationRequest:
+        if self.ignore_eos and self.constrained:
+            raise ValueError(
+                "ignore_eos cannot be combined with a JSON response_format: a finished JSON value ends there"
+            )
+        return self
+
+    @property
+    def constrained(self) -> bool:
+        return self.response_format is not None and self.response_format.type != "text"
+
     @property
     def stop_strings(self) -> tuple[str, ...]:
         if self.stop is None:
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
-    def choices(self, max_tokens: int, defaults: GenerationDefaults) -> list[SamplingParams]:
-        return [self.sampling(max_tokens, defaults, choice) for choice in range(self.n)]
+    def choices(
+        self, max_tokens: int, defaults: GenerationDefaults, grammar_after: int | None = None
+    ) -> list[SamplingParams]:
+        """Each choice's parameters; a response_format's constraint starts after `grammar_after` (R1's </think>)."""
+        grammar = self.response_format.grammar(grammar_after) if self.response_format is not None else None
+        return [self.sampling(max_tokens, defaults, choice, grammar) for choice in range(self.n)]
 
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def sampling(self, max_tokens: int, defaults: GenerationDefaults, choice: int = 0) -> SamplingParams:
+    def sampling(
+        self, max_tokens: int, defaults: GenerationDefaults, choice: int = 0, grammar: Grammar | None = None
+    ) -> SamplingParams:
         seed = None
         if self.seed is not None:
             seed = self.seed + choice
@@ -156,6 +212,7 @@ class _GenerationRequest(BaseModel):
             stop=self.stop_strings,
             ignore_eos=self.ignore_eos,
             logprobs=self.logprob_count,
+            grammar=grammar,
         )
 
     @property

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from app.engine.grammar import GrammarError, Grammars, RowGrammar, mask_logits
 from app.engine.kv_blocks import BlockPool, block_hash
 from app.engine.paged_attention import (
     LAYOUT_KWARG,
@@ -79,6 +80,7 @@ class _Row:
     hashes: list[bytes] = field(default_factory=list)  # the names of its full, computed blocks, in order
     done: bool = False
     decoding: bool = False  # in the running batch (as opposed to waiting, or being prefilled in chunks)
+    grammar: RowGrammar | None = None  # structured outputs: where the row is in the grammar its output must follow
 
 
 @dataclass(frozen=True)
@@ -101,8 +103,10 @@ class BatchLoop:
         kv_cache_bytes: int | None = None,
         prefix_caching: bool = True,
         block_size: int = BLOCK_SIZE,
+        grammars: Grammars | None = None,
     ) -> None:
         self._model = model
+        self._grammars = grammars  # None: requests with a grammar are refused
         self._device: torch.device = model.device
         self._eos = eos_token_ids
         self._max_batch = max_batch_size
@@ -180,7 +184,19 @@ class BatchLoop:
                 f"the request needs {needed} tokens of KV cache (prompt and max_tokens), more than the whole cache "
                 f"holds ({self.kv_cache_tokens}): raise --kv-cache-memory or lower --max-model-len"
             )
-        self._waiting.append(_Row(request_id, list(prompt), params, make_generator(params)))
+        self._waiting.append(
+            _Row(request_id, list(prompt), params, make_generator(params), grammar=self._grammar(params))
+        )
+
+    def _grammar(self, params: SamplingParams) -> RowGrammar | None:
+        if params.grammar is None:
+            return None
+        if self._grammars is None:
+            raise GrammarError("this engine was started without structured outputs")
+        if params.ignore_eos:
+            # A finished grammar allows only end-of-sequence: there is nothing valid to generate past it.
+            raise GrammarError("ignore_eos cannot be combined with a response format")
+        return self._grammars.matcher(params.grammar)
 
     def reset(self) -> list[int]:
         """Drop every request (after a failed step left the pool in an unknown state); return their ids."""
@@ -385,7 +401,9 @@ class BatchLoop:
         outputs: list[StepOutput] = []
         if sampled:
             logits = output.logits[0]
-            tokens = sample_next_tokens(logits, [r.params for r in sampled], [r.generator for r in sampled])
+            constrained = [(i, r.grammar) for i, r in enumerate(sampled) if r.grammar is not None and r.grammar.active]
+            allowed = mask_logits(logits, constrained, logits.shape[-1]) if constrained else logits
+            tokens = sample_next_tokens(allowed, [r.params for r in sampled], [r.generator for r in sampled])
             scored = [i for i, r in enumerate(sampled) if r.params.logprobs is not None]
             found: dict[int, Logprobs] = {}
             if scored:
@@ -416,6 +434,8 @@ class BatchLoop:
 
     def _accept(self, row: _Row, token: int, logprobs: Logprobs | None) -> StepOutput:
         row.tokens.append(token)
+        if row.grammar is not None:
+            row.grammar.accept(token)
         if token in self._eos and not row.params.ignore_eos:
             row.done = True
             return StepOutput(row.request_id, token, FinishReason.STOP, is_eos=True, logprobs=logprobs)

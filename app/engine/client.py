@@ -25,6 +25,7 @@ from app.engine.messages import (
     FailedRequests,
     Progress,
     Ready,
+    Refused,
     Step,
     StepToken,
     ToEngine,
@@ -333,6 +334,9 @@ class EngineClient:
                 self._on_step(tokens, waiting, running, rows, kv)
             case FailedRequests(request_ids, reason):
                 self._on_failed_requests(request_ids, reason)
+            case Refused(request_id, reason, param):
+                if (request := self._requests.get(request_id)) is not None:
+                    self._finish(request, TokenEvent("", 0, FinishReason.ERROR, error=reason, invalid=param))
             case unknown:
                 logger.error(f"the engine sent a message this process does not know: {unknown!r}")
 

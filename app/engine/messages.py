@@ -5,7 +5,7 @@ it replaces cost, and each side dispatches on the record's class with `match`. T
 stays a plain tuple: it is the one part that grows with the batch.
 
     HTTP process → engine   Add | Cancel; the pipe closing means stop
-    engine → HTTP process   Progress* then Ready | Failed while loading; then Step | FailedRequests
+    engine → HTTP process   Progress* then Ready | Failed while loading; then Step | FailedRequests | Refused
 """
 
 from __future__ import annotations
@@ -65,5 +65,14 @@ class FailedRequests(NamedTuple):
     reason: str
 
 
+class Refused(NamedTuple):
+    """The engine will not run this request because of what it asks (a JSON schema that does not compile): the
+    client's error, answered with a 400 naming `param`."""
+
+    request_id: int
+    reason: str
+    param: str
+
+
 ToEngine = Add | Cancel
-FromEngine = Progress | Ready | Failed | Step | FailedRequests
+FromEngine = Progress | Ready | Failed | Step | FailedRequests | Refused

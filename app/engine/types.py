@@ -15,6 +15,20 @@ class FinishReason(StrEnum):
     ERROR = "error"  # the engine failed; the API turns it into an error response
 
 
+class GrammarKind(StrEnum):
+    JSON_OBJECT = "json_object"  # any JSON object (OpenAI's JSON mode)
+    JSON_SCHEMA = "json_schema"  # JSON that validates against `schema`
+
+
+class Grammar(NamedTuple):
+    """What a request's output must be (structured outputs), enforced by constrained decoding (engine/grammar.py)."""
+
+    kind: GrammarKind
+    schema: str | None = None  # JSON Schema text (json_schema; None: any object)
+    strict: bool = False  # objects take only the properties the schema lists
+    after: int | None = None  # the constraint starts after this token (R1's `</think>`); None: from the first
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     max_tokens: int
@@ -26,6 +40,7 @@ class SamplingParams:
     # None: no log probabilities; k: each token's log probability and the k most likely tokens' (the model's own
     # distribution, before temperature and top_p, as vLLM reports it)
     logprobs: int | None = None
+    grammar: Grammar | None = None
 
     @property
     def greedy(self) -> bool:
@@ -74,6 +89,8 @@ class TokenEvent:
     # When events that piled up were merged into this one: each one's (text, completion_tokens), in order, so
     # what counts per token (reasoning tokens) does not depend on how fast the events were read
     parts: tuple[tuple[str, int], ...] = ()
+    # With `error`: the request field at fault when the engine refused the request itself (a 400, not a 503)
+    invalid: str | None = None
 
     def pieces(self) -> tuple[tuple[str, int], ...]:
         return self.parts or ((self.text, self.completion_tokens),)

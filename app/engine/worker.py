@@ -16,17 +16,20 @@ import signal
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from app.engine.batch_loop import BatchLoop
-from app.engine.messages import Add, Cancel, Failed, FailedRequests, FromEngine, Progress, Ready, Step
+from app.engine.grammar import GrammarError, Grammars
+from app.engine.messages import Add, Cancel, Failed, FailedRequests, FromEngine, Progress, Ready, Refused, Step
 from app.engine.spec import KVCacheSpec, WorkerSpec
 from app.engine.types import SamplingParams
 from app.engine.wire import BlockingReader, write_all
 from app.model import hardware
 from app.model.loader import load_weights
-from app.model.source import ModelLoadError
+from app.model.source import ModelLoadError, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +84,7 @@ def run_worker(inbox: Connection, outbox: Connection, spec: WorkerSpec) -> None:
             device_type = weights.model.device.type
             threads = cpu_threads() if device_type == "cpu" else None
             chunk = chunk_tokens(spec.prefill_chunk_tokens, device_type)
+            grammars = structured_outputs(spec.weights.directory, weights.model, weights.eos_token_ids, send)
             loop = BatchLoop(
                 weights.model,
                 weights.eos_token_ids,
@@ -90,6 +94,7 @@ def run_worker(inbox: Connection, outbox: Connection, spec: WorkerSpec) -> None:
                 kv_cache_bytes=kv_cache_bytes(spec.kv_cache, weights.model.device),
                 prefix_caching=spec.kv_cache.prefix_caching,
                 block_size=spec.kv_cache.block_size,
+                grammars=grammars,
             )
             send(Progress(_describe_kv(loop)))
             if loop.kv_cache_tokens < spec.weights.max_model_len:
@@ -110,6 +115,15 @@ def run_worker(inbox: Connection, outbox: Connection, spec: WorkerSpec) -> None:
         _serve(loop, BlockingReader(inbox.fileno()), send)
     except (EOFError, BrokenPipeError, OSError):
         return  # the API process closed the pipes (shutdown) or is gone: nothing left to serve
+
+
+def structured_outputs(directory: str, model: Any, eos: set[int], send: Callable[[FromEngine], None]) -> Grammars:
+    """The grammar index of the served tokenizer, over the model's whole output width (which may be wider)."""
+    started = time.perf_counter()
+    tokenizer = load_tokenizer(Path(directory), lambda text: None)
+    grammars = Grammars(tokenizer, int(model.get_output_embeddings().out_features), eos)
+    send(Progress(f"structured outputs: grammar index built in {time.perf_counter() - started:.1f}s"))
+    return grammars
 
 
 def _describe_kv(loop: BatchLoop) -> str:
@@ -203,6 +217,8 @@ def _take_messages(
                 added += 1
                 try:
                     loop.add(request_id, prompt, params)
+                except GrammarError as error:
+                    send(Refused(request_id, str(error), "response_format"))
                 except Exception as error:  # e.g. a seed torch cannot take: fail that request, not the engine
                     send(FailedRequests([request_id], f"{type(error).__name__}: {error}"))
             case Cancel(request_id):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 R1_TEMPERATURE = 0.6
 R1_TOP_P = 0.95
 THINK_OPEN = "<think>\n"
+THINK_CLOSE = "</think>"  # ends the reasoning; a response_format constrains what follows it
 
 # "R1" as a word of the checkpoint's name: DeepSeek-R1, DeepSeek-R1-0528, DeepSeek-R1-Distill-Qwen-7B; not "R10".
 _R1_NAME = re.compile(r"(?<![a-z0-9])r1(?![0-9])", re.IGNORECASE)

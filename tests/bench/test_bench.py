@@ -43,6 +43,7 @@ def test_bench_runs_against_a_local_server_and_writes_figures(tmp_path: Path) ->
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "throughput ratio" in result.stdout
+    assert "constrained ratio" in result.stdout
     runs = json.loads(out.read_text())
     assert len(runs) == 2
     for run in runs:
@@ -51,6 +52,7 @@ def test_bench_runs_against_a_local_server_and_writes_figures(tmp_path: Path) ->
         assert run["sequential_tokens_per_s"] > 0
         assert run["concurrent_tokens_per_s"] > 0
         assert run["lone_ttft_ms"] > 0
+        assert run["constrained_tokens_per_s"] > 0 and run["constrained_ratio"] > 0
     assert 0 < runs[-1]["server_resident_mib"] < 1536  # 1,024 MiB on the 2-core dev machine
 
 

@@ -13,7 +13,7 @@ from app.api.errors import APIError
 from app.api.reasoning import ReasoningSplitter, ReasoningTokens, prompt_opens_reasoning, split_reasoning
 from app.api.schemas import ChatCompletionRequest
 from app.engine.types import FinishReason, TokenEvent
-from app.model.conventions import THINK_OPEN
+from app.model.conventions import THINK_CLOSE, THINK_OPEN
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -83,6 +83,20 @@ class ChatChunks:
         return {**self.chunk({}), "choices": [], "usage": counts}
 
 
+def reasoning_end(tokenizer: Any) -> int:
+    """The token that closes R1's reasoning: a response_format constrains only what follows it, so the reasoning
+    stays free text."""
+    ids = tokenizer.encode(THINK_CLOSE, add_special_tokens=False)
+    if len(ids) != 1:
+        raise APIError(
+            400,
+            f"this model's tokenizer has no single {THINK_CLOSE} token, so a response_format cannot start after the "
+            'reasoning; send chat_template_kwargs {"thinking": false} to constrain the whole answer',
+            param="response_format",
+        )
+    return int(ids[0])
+
+
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, runtime: RuntimeDep, served: ServedDep
@@ -93,6 +107,8 @@ async def chat_completions(
     declined = (body.chat_template_kwargs or {}).get("thinking") is False
     if runtime.defaults.open_reasoning and not declined and not prompt_opens_reasoning(prompt_text):
         prompt_text += THINK_OPEN  # R1's recommendation: make the answer start with its reasoning
+    thinking = prompt_opens_reasoning(prompt_text)
+    grammar_after = reasoning_end(tokenizer) if thinking and body.constrained else None
     admitted = admission.admit(
         request,
         runtime,
@@ -101,11 +117,10 @@ async def chat_completions(
         requested_max_tokens=body.requested_max_tokens,
         default_max_tokens=None,
         prompt_field="messages",
-        sampling=lambda max_tokens: body.choices(max_tokens, runtime.defaults),
+        sampling=lambda max_tokens: body.choices(max_tokens, runtime.defaults, grammar_after),
         stream=body.stream,
     )
     prompt_tokens = len(admitted.prompt)
-    thinking = prompt_opens_reasoning(prompt_text)
     describe = framing.TokenText(tokenizer) if body.logprobs else None
     completion_id, created = framing.new_id("chatcmpl"), framing.now()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -199,3 +200,26 @@ def test_reasoning_tokens_do_not_depend_on_how_events_were_merged() -> None:
         TokenEvent("".join(texts), 6, parts=tuple((t, i) for i, t in enumerate(texts, start=1))).pieces()
     )
     assert one_by_one.count(6) == merged.count(6) == 4
+
+
+# --- where a response_format's constraint starts ------------------------------------------------------------------
+
+
+def test_a_response_format_starts_after_the_think_closing_token(builtin_tokenizer: Any) -> None:
+    from app.api.routes.chat import reasoning_end
+
+    assert builtin_tokenizer.decode([reasoning_end(builtin_tokenizer)]) == "</think>"
+
+
+def test_a_tokenizer_without_a_think_closing_token_is_refused_naming_response_format() -> None:
+    from app.api.errors import APIError
+    from app.api.routes.chat import reasoning_end
+
+    class Spelled:  # a tokenizer that spells </think> in pieces
+        def encode(self, text: str, add_special_tokens: bool) -> list[int]:
+            return [1, 2, 3]
+
+    with pytest.raises(APIError) as raised:
+        reasoning_end(Spelled())
+    assert raised.value.status == 400 and raised.value.param == "response_format"
+    assert '"thinking": false' in raised.value.message

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.api.schemas import MAX_CHOICES, MAX_STOP_STRINGS, ChatCompletionRequest, CompletionRequest
-from app.engine.types import SamplingParams
+from app.engine.types import Grammar, GrammarKind, SamplingParams
 from app.model.conventions import GenerationDefaults, generation_defaults
 
 PLAIN = GenerationDefaults()
@@ -44,7 +44,6 @@ def refusal(build: Any, **fields: Any) -> str:
         ("frequency_penalty", -1.0),
         ("logit_bias", {"50256": -100}),
         ("best_of", 3),
-        ("response_format", {"type": "json_object"}),
     ],
 )
 def test_unsupported_chat_field_is_refused_naming_it(field: str, value: Any) -> None:
@@ -241,3 +240,53 @@ def test_temperature_zero_is_greedy() -> None:
 
 def test_a_single_stop_string_becomes_a_one_element_tuple() -> None:
     assert completion(stop="###").sampling(8, PLAIN).stop == ("###",)
+
+
+# --- structured outputs ------------------------------------------------------------------------------------------
+
+SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+
+
+def test_response_formats_become_the_engine_grammar() -> None:
+    assert chat(response_format={"type": "text"}).sampling(8, PLAIN).grammar is None
+    assert chat().choices(8, PLAIN)[0].grammar is None
+    assert chat(response_format={"type": "json_object"}).choices(8, PLAIN)[0].grammar == Grammar(
+        GrammarKind.JSON_OBJECT
+    )
+    strict = {"type": "json_schema", "json_schema": {"name": "A_1", "schema": SCHEMA, "strict": True}}
+    assert [p.grammar for p in chat(response_format=strict, n=2).choices(8, PLAIN, grammar_after=77)] == [
+        Grammar(
+            GrammarKind.JSON_SCHEMA,
+            '{"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}',
+            strict=True,
+            after=77,
+        )
+    ] * 2
+    loose = {"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA}}
+    assert completion(response_format=loose).choices(8, PLAIN)[0].grammar == Grammar(
+        GrammarKind.JSON_SCHEMA, '{"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}'
+    )
+    no_schema = {"type": "json_schema", "json_schema": {"name": "any"}}
+    assert chat(response_format=no_schema).choices(8, PLAIN)[0].grammar == Grammar(GrammarKind.JSON_OBJECT)
+
+
+@pytest.mark.parametrize(
+    ("response_format", "named"),
+    [
+        ({"type": "xml"}, "response_format.type"),
+        ({"type": "json_schema"}, "json_schema is required with type json_schema"),
+        ({"type": "json_object", "json_schema": {"name": "a"}}, "json_schema is required with type json_schema"),
+        ({"type": "json_schema", "json_schema": {"name": "has space", "schema": SCHEMA}}, "json_schema.name"),
+        ({"type": "json_schema", "json_schema": {"schema": SCHEMA}}, "json_schema.name"),
+        ({"type": "json_schema", "json_schema": {"name": "a", "schema": "{}"}}, "json_schema.schema"),
+        ({"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA, "extra": 1}}, "json_schema.extra"),
+        ("json", "response_format"),
+    ],
+)
+def test_bad_response_formats_are_refused_naming_the_field(response_format: Any, named: str) -> None:
+    assert named in refusal(chat, response_format=response_format)
+
+
+def test_ignore_eos_cannot_run_past_a_finished_json_value() -> None:
+    assert "ignore_eos cannot be combined" in refusal(chat, response_format={"type": "json_object"}, ignore_eos=True)
+    assert chat(response_format={"type": "text"}, ignore_eos=True).ignore_eos

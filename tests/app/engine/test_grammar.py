@@ -1,0 +1,122 @@
+"""Constrained decoding (app/engine/grammar.py) on the built-in model in the batch loop: outputs follow the schema,
+the constraint waits for its start token, and what cannot be constrained is refused with the reason."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import torch
+
+from app.engine.batch_loop import BatchLoop
+from app.engine.grammar import GrammarError, Grammars, mask_logits
+from app.engine.types import FinishReason, Grammar, GrammarKind, SamplingParams
+from bench.grammar_libraries import conforms, schemas
+from tests.app.engine.loop_helpers import Driver, greedy
+
+EOS = 1  # the built-in model's end-of-sequence token
+
+
+@pytest.fixture(scope="module")
+def grammars(builtin_tokenizer: Any, model: Any) -> Grammars:
+    return Grammars(builtin_tokenizer, model.get_output_embeddings().out_features, {EOS})
+
+
+def loop_with(model: Any, grammars: Grammars | None) -> BatchLoop:
+    return BatchLoop(model, {EOS}, max_batch_size=8, grammars=grammars)
+
+
+def constrained(schema: dict[str, Any] | None, max_tokens: int = 200, **fields: Any) -> SamplingParams:
+    kind = GrammarKind.JSON_SCHEMA if schema is not None else GrammarKind.JSON_OBJECT
+    grammar = Grammar(kind, json.dumps(schema) if schema is not None else None, strict=True, **fields)
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, grammar=grammar)
+
+
+def text_of(tokenizer: Any, driver: Driver, request_id: int) -> str:
+    outputs = driver.outputs[request_id]
+    assert outputs[-1].finish is FinishReason.STOP and outputs[-1].is_eos, "the JSON was not finished"
+    decoded: str = tokenizer.decode([o.token for o in outputs if not o.is_eos])
+    return decoded
+
+
+def test_rows_in_one_batch_each_follow_their_own_schema(
+    model: Any, builtin_tokenizer: Any, grammars: Grammars, prompts: list[list[int]]
+) -> None:
+    loop = loop_with(model, grammars)
+    chosen = schemas(6, seed=3, bounded=True)
+    for request_id, schema in enumerate(chosen):
+        seeded = SamplingParams(max_tokens=200, temperature=1.0, seed=request_id, grammar=constrained(schema).grammar)
+        loop.add(request_id, prompts[request_id % len(prompts)], seeded)
+    loop.add(99, prompts[0], greedy())  # an unconstrained row beside them
+    driver = Driver(loop)
+    driver.run(limit=400)
+    for request_id, schema in enumerate(chosen):
+        value = json.loads(text_of(builtin_tokenizer, driver, request_id))
+        assert conforms(value, schema), (value, schema)
+    assert len(driver.outputs[99]) == 12
+
+
+def test_json_object_takes_any_object_and_then_only_its_end(builtin_tokenizer: Any, grammars: Grammars) -> None:
+    """(The random model, sampling freely, writes keys of unbounded length, so an engine run need not end: the
+    grammar is checked token by token instead.)"""
+    row = grammars.matcher(Grammar(GrammarKind.JSON_OBJECT))
+
+    def allowed() -> torch.Tensor:
+        masked = mask_logits(torch.zeros(1, grammars.vocab_size), [(0, row)], grammars.vocab_size)
+        return torch.isfinite(masked[0]).nonzero().flatten()
+
+    starts = {builtin_tokenizer.decode([int(t)]) for t in allowed()}
+    assert starts and all(text.startswith("{") for text in starts)
+    for token in builtin_tokenizer.encode('{"a":[1,"x"]}', add_special_tokens=False):
+        row.accept(token)
+    assert allowed().tolist() == [EOS]
+    with pytest.raises(RuntimeError, match="outside the row's grammar"):
+        row.accept(builtin_tokenizer.encode("x", add_special_tokens=False)[0])
+
+
+def test_the_constraint_starts_after_its_token(model: Any, builtin_tokenizer: Any, grammars: Grammars) -> None:
+    """R1: the reasoning is free text; the grammar applies from the token after `after` (here the row's own third
+    unconstrained token, so the first three tokens are what the model writes alone)."""
+    free = loop_with(model, grammars)
+    free.add(0, [5, 6, 7], greedy(max_tokens=3))
+    alone = Driver(free)
+    alone.run()
+    first_three = alone.tokens(0)
+    assert len(first_three) == 3 and first_three[2] not in first_three[:2]  # the start token is not seen earlier
+
+    loop = loop_with(model, grammars)
+    schema = schemas(1, seed=5, bounded=True)[0]
+    loop.add(0, [5, 6, 7], constrained(schema, after=first_three[2]))
+    driver = Driver(loop)
+    driver.run(limit=400)
+    assert driver.tokens(0)[:3] == first_three
+    answer = builtin_tokenizer.decode([o.token for o in driver.outputs[0][3:] if not o.is_eos])
+    assert conforms(json.loads(answer), schema)
+
+
+def test_a_schema_the_library_cannot_take_is_refused_with_its_reason(model: Any, grammars: Grammars) -> None:
+    loop = loop_with(model, grammars)
+    with pytest.raises(GrammarError, match=r'^the JSON schema could not be compiled: Unsupported type "colour"$'):
+        loop.add(0, [5], constrained({"type": "object", "properties": {"a": {"type": "colour"}}}))
+    assert loop.idle
+
+
+def test_a_grammar_without_structured_outputs_or_with_ignore_eos_is_refused(model: Any, grammars: Grammars) -> None:
+    with pytest.raises(GrammarError, match="without structured outputs"):
+        loop_with(model, None).add(0, [5], constrained(None))
+    params = SamplingParams(max_tokens=5, ignore_eos=True, grammar=Grammar(GrammarKind.JSON_OBJECT))
+    with pytest.raises(GrammarError, match="ignore_eos"):
+        loop_with(model, grammars).add(0, [5], params)
+
+
+def test_masking_leaves_the_model_logits_and_the_unconstrained_rows_alone(grammars: Grammars) -> None:
+    logits = torch.randn(3, grammars.vocab_size)
+    before = logits.clone()
+    row = grammars.matcher(Grammar(GrammarKind.JSON_OBJECT))
+    masked = mask_logits(logits, [(1, row)], grammars.vocab_size)
+    assert torch.equal(logits, before)
+    assert torch.equal(masked[0], before[0]) and torch.equal(masked[2], before[2])
+    allowed = torch.isfinite(masked[1])
+    assert 0 < int(allowed.sum()) < grammars.vocab_size // 10  # an object starts with "{" (and its few forms)
+    assert torch.equal(masked[1][allowed], before[1][allowed])
