@@ -151,10 +151,11 @@ FIGURES = (
 )
 
 
-def print_reports(reports: list[Report]) -> None:
+def print_reports(reports: list[Report], hardware: str | None) -> None:
     """One column per run and the median: on a small shared machine one run alone is noisy."""
     first = reports[0]
     print(f"endpoint: {first.endpoint}")
+    print(hardware or "hardware: the endpoint's (not known here)")
     print(
         f"{first.concurrency} concurrent streams vs the same {first.concurrency} requests one after another, "
         f"{first.max_tokens} new tokens each (EOS ignored, temperature 0); lone TTFT: median of 5"
@@ -194,14 +195,18 @@ def main(argv: list[str] | None = None) -> int:
     def measure_runs(base: str, key: str | None, model: str | None) -> list[Report]:
         return [asyncio.run(measure(base, key, model, args.concurrency, args.max_tokens)) for _ in range(args.runs)]
 
+    described = None
     if args.base_url:
         reports = measure_runs(args.base_url, args.api_key, args.model)
     else:
+        from app.model import hardware  # torch, in this client process only: the server is measured apart
+
+        described = hardware.describe()
         with local_server(args.server_arg) as (base, pid):
             reports = measure_runs(base, None, None)
             reports[-1].server_resident_mib = round(resident_mib(pid), 1)
             reports[0].server_resident_mib = reports[-1].server_resident_mib
-    print_reports(reports)
+    print_reports(reports, described)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump([asdict(report) for report in reports], handle, indent=2)

@@ -402,7 +402,8 @@ class BatchLoop:
         if sampled:
             logits = output.logits[0]
             constrained = [(i, r.grammar) for i, r in enumerate(sampled) if r.grammar is not None and r.grammar.active]
-            allowed = mask_logits(logits, constrained, logits.shape[-1]) if constrained else logits
+            scoring = any(sampled[i].params.logprobs is not None for i, _ in constrained)
+            allowed = mask_logits(logits, constrained, keep_original=scoring) if constrained else logits
             tokens = sample_next_tokens(allowed, [r.params for r in sampled], [r.generator for r in sampled])
             scored = [i for i, r in enumerate(sampled) if r.params.logprobs is not None]
             found: dict[int, Logprobs] = {}

@@ -63,7 +63,7 @@ def test_json_object_takes_any_object_and_then_only_its_end(builtin_tokenizer: A
     row = grammars.matcher(Grammar(GrammarKind.JSON_OBJECT))
 
     def allowed() -> torch.Tensor:
-        masked = mask_logits(torch.zeros(1, grammars.vocab_size), [(0, row)], grammars.vocab_size)
+        masked = mask_logits(torch.zeros(1, grammars.vocab_size), [(0, row)], keep_original=False)
         return torch.isfinite(masked[0]).nonzero().flatten()
 
     starts = {builtin_tokenizer.decode([int(t)]) for t in allowed()}
@@ -114,9 +114,33 @@ def test_masking_leaves_the_model_logits_and_the_unconstrained_rows_alone(gramma
     logits = torch.randn(3, grammars.vocab_size)
     before = logits.clone()
     row = grammars.matcher(Grammar(GrammarKind.JSON_OBJECT))
-    masked = mask_logits(logits, [(1, row)], grammars.vocab_size)
+    masked = mask_logits(logits, [(1, row)], keep_original=True)
     assert torch.equal(logits, before)
     assert torch.equal(masked[0], before[0]) and torch.equal(masked[2], before[2])
     allowed = torch.isfinite(masked[1])
     assert 0 < int(allowed.sum()) < grammars.vocab_size // 10  # an object starts with "{" (and its few forms)
     assert torch.equal(masked[1][allowed], before[1][allowed])
+
+
+def test_the_cpu_mask_is_the_one_xgrammar_kernel_applies(builtin_tokenizer: Any, grammars: Grammars) -> None:
+    """The CPU path unpacks xgrammar's bitmask with numpy: the same tokens as xgrammar's own kernel allows, rows in
+    any order, masked in place when the original is not kept."""
+    import xgrammar as xgr
+
+    schema = json.dumps(schemas(1, seed=2, bounded=True)[0])
+    prefixes = ['{"', "", "{"]
+    rows = []
+    for prefix in prefixes:
+        row = grammars.matcher(Grammar(GrammarKind.JSON_SCHEMA, schema, strict=True))
+        for token in builtin_tokenizer.encode(prefix, add_special_tokens=False):
+            row.accept(token)
+        rows.append(row)
+    logits = torch.randn(4, grammars.vocab_size)
+    expected = logits.clone()
+    bitmask = xgr.allocate_token_bitmask(4, grammars.vocab_size)  # row 1 unconstrained: every token allowed
+    for index, row in zip([3, 0, 2], rows, strict=True):
+        row.fill(bitmask, index)
+    xgr.apply_token_bitmask_inplace(expected, bitmask)
+    masked = mask_logits(logits, list(zip([3, 0, 2], rows, strict=True)), keep_original=False)
+    assert masked is logits
+    assert torch.equal(masked, expected)
