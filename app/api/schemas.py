@@ -7,7 +7,7 @@ unless their value is the no-op default (clients often send `frequency_penalty: 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -18,6 +18,8 @@ MAX_CHOICES = 128  # n: evaluation harnesses sample up to 64 (cons@64); each cho
 SEED_RANGE = 2**64  # what torch's generators accept: [-2**63, 2**64)
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit on chat; completions take as many (OpenAI's own stops at 5, vLLM's at 20)
 MAX_STOP_STRINGS = 4
+MAX_TOOLS = 128  # OpenAI's limit
+NO_ARGUMENTS = {"type": "object", "properties": {}}  # a function that declares no parameters takes {}
 MAX_STOP_LENGTH = 256  # each stop string is searched for at every token: keep that cheap
 
 RESERVED_TEMPLATE_KEYS = {
@@ -46,9 +48,14 @@ UNSUPPORTED: dict[str, Any] = {
     "logit_bias": lambda v: not v,
     "echo": lambda v: v in (None, False),
     "suffix": lambda v: v in (None, ""),
+    "functions": lambda v: not v,  # the deprecated form of tools
+    "function_call": lambda v: v in (None, "none"),
+}
+# Tools are chat's: a text completion has no messages to call them from.
+COMPLETION_UNSUPPORTED: dict[str, Any] = {
+    **UNSUPPORTED,
     "tools": lambda v: not v,
     "tool_choice": lambda v: v in (None, "none"),
-    "functions": lambda v: not v,
 }
 
 SCHEMA_NAME = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for json_schema.name
@@ -59,12 +66,35 @@ class TextPart(BaseModel):
     text: str
 
 
+class CalledFunction(BaseModel):
+    name: str = Field(min_length=1)
+    arguments: str  # JSON text, as the model wrote it
+
+
+class ToolCallIn(BaseModel):
+    """A tool call of an earlier assistant turn, sent back in the history."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None  # assistant turns that called tools
+    tool_call_id: str | None = None  # tool turns: the call this is the result of
+
+    @model_validator(mode="after")
+    def _tool_fields_by_role(self) -> ChatMessage:
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs tool_call_id, the id of the call it answers")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        return self
 
     def text(self) -> str:
         if self.content is None:
@@ -72,6 +102,33 @@ class ChatMessage(BaseModel):
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=SCHEMA_NAME)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # JSON Schema of the arguments; None: no arguments
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class ChosenFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: ChosenFunction
 
 
 class StreamOptions(BaseModel):
@@ -152,11 +209,13 @@ class _GenerationRequest(BaseModel):
             raise ValueError("stop strings must not be empty")
         return value
 
+    UNSUPPORTED_FIELDS: ClassVar[dict[str, Any]] = UNSUPPORTED
+
     @model_validator(mode="before")
     @classmethod
     def _refuse_unsupported(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            for name, is_default in UNSUPPORTED.items():
+            for name, is_default in cls.UNSUPPORTED_FIELDS.items():
                 if name in data and not is_default(data[name]):
                     raise ValueError(f"{name}={data[name]!r} is not supported by this server; leave it out")
         return data
@@ -189,8 +248,12 @@ class _GenerationRequest(BaseModel):
         self, max_tokens: int, defaults: GenerationDefaults, grammar_after: int | None = None
     ) -> list[SamplingParams]:
         """Each choice's parameters; a response_format's constraint starts after `grammar_after` (R1's </think>)."""
-        grammar = self.response_format.grammar(grammar_after) if self.response_format is not None else None
+        grammar = self.grammar(grammar_after)
         return [self.sampling(max_tokens, defaults, choice, grammar) for choice in range(self.n)]
+
+    def grammar(self, after: int | None) -> Grammar | None:
+        """What the output is constrained to (None: free text); it starts after the token `after` when set."""
+        return self.response_format.grammar(after) if self.response_format is not None else None
 
     @property
     def include_usage(self) -> bool:
@@ -228,6 +291,56 @@ class ChatCompletionRequest(_GenerationRequest):
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     # vLLM's extension: variables for the chat template, e.g. {"thinking": true} to open a <think> block.
     chat_template_kwargs: dict[str, Any] | None = None
+    tools: Annotated[list[Tool], Field(max_length=MAX_TOOLS)] | None = None
+    # None: "auto" when tools are given (OpenAI's default), else "none"
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    # Accepted as sent: the model may call several tools in one turn. A forced call (required, or a named
+    # function) is constrained to exactly one call.
+    parallel_tool_calls: bool | None = None
+
+    @model_validator(mode="after")
+    def _tool_choice_names_a_tool(self) -> ChatCompletionRequest:
+        names = [tool.function.name for tool in self.tools or []]
+        if len(set(names)) != len(names):
+            raise ValueError("tools: two tools have the same name")
+        choice = self.tool_choice
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ValueError(f"tool_choice names {choice.function.name!r}, which is not among the tools")
+        if choice == "required" and not names:
+            raise ValueError('tool_choice "required" needs tools')
+        if self.calls_tools and self.json_format:
+            raise ValueError(
+                'tools and a JSON response_format cannot be combined: send tool_choice "none", or no tools'
+            )
+        return self
+
+    @property
+    def calls_tools(self) -> bool:
+        """Whether the model is offered tools (and its output is read for calls)."""
+        return bool(self.tools) and self.tool_choice != "none"
+
+    def forced_tools(self) -> list[Tool]:
+        """The tools one of which must be called (required: any; a named choice: that one); [] when none must."""
+        if not self.calls_tools:
+            return []
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return [t for t in self.tools or [] if t.function.name == self.tool_choice.function.name]
+        return list(self.tools or []) if self.tool_choice == "required" else []
+
+    def grammar(self, after: int | None) -> Grammar | None:
+        forced = self.forced_tools()
+        if not forced:
+            return super().grammar(after)
+        functions = [{"name": t.function.name, "parameters": t.function.parameters or NO_ARGUMENTS} for t in forced]
+        return Grammar(GrammarKind.TOOL_CALL, json.dumps(functions), strict=True, after=after)
+
+    @property
+    def constrained(self) -> bool:
+        return super().constrained or bool(self.forced_tools())
+
+    @property
+    def json_format(self) -> bool:
+        return super().constrained
 
     @field_validator("chat_template_kwargs")
     @classmethod
@@ -255,6 +368,7 @@ class ChatCompletionRequest(_GenerationRequest):
 
 
 class CompletionRequest(_GenerationRequest):
+    UNSUPPORTED_FIELDS: ClassVar[dict[str, Any]] = COMPLETION_UNSUPPORTED
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] | Annotated[list[int], Field(min_length=1)]
     # The legacy API's shape: the number of most likely alternatives to report beside each token's own
     logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None

@@ -1,6 +1,6 @@
-"""Constrained decoding for structured outputs, in the engine process: a request's grammar (types.Grammar) compiled by
-xgrammar against the served tokenizer, and per row a matcher that says, before each sampled token, which tokens keep
-the output inside the grammar (docs/decisions/grammar-library.md says why xgrammar).
+"""Constrained decoding for structured outputs and forced tool calls, in the engine process: a request's grammar
+(types.Grammar) compiled by xgrammar against the served tokenizer, and per row a matcher that says, before each
+sampled token, which tokens keep the output inside the grammar (docs/decisions/grammar-library.md: why xgrammar).
 
 A row's constraint may start late: with an R1 model the answer comes after the reasoning, so the matcher waits for
 the row to produce `Grammar.after` (`</think>`) and constrains only what follows; the reasoning stays free text.
@@ -17,6 +17,7 @@ import torch
 import xgrammar as xgr
 
 from app.engine.types import Grammar, GrammarKind
+from app.model.tool_format import ARGUMENTS_CLOSE, CALL_END, CALLS_BEGIN, CALLS_END, call_head
 
 # Compiled grammars kept for reuse, by the schema's text: clients send the same few schemas over and over.
 COMPILE_CACHE_BYTES = 256 * 2**20
@@ -39,13 +40,16 @@ class Grammars:
 
     def matcher(self, grammar: Grammar) -> RowGrammar:
         try:
-            if grammar.kind is GrammarKind.JSON_OBJECT or grammar.schema is None:
+            if grammar.kind is GrammarKind.TOOL_CALL:
+                compiled = self._compiler.compile_grammar(_tool_call(json.loads(grammar.schema or "[]")))
+            elif grammar.kind is GrammarKind.JSON_OBJECT or grammar.schema is None:
                 compiled = self._compiler.compile_json_schema(_ANY_OBJECT, **_COMPACT, strict_mode=False)
             else:
                 # With strict_mode an object takes no properties the schema does not list (OpenAI's strict: true).
                 compiled = self._compiler.compile_json_schema(grammar.schema, **_COMPACT, strict_mode=grammar.strict)
         except Exception as error:  # xgrammar raises RuntimeError/ValueError with its parser's message
-            raise GrammarError(f"the JSON schema could not be compiled: {_first_line(error)}") from None
+            what = "a tool's parameters" if grammar.kind is GrammarKind.TOOL_CALL else "the JSON schema"
+            raise GrammarError(f"{what} could not be compiled: {_first_line(error)}") from None
         return RowGrammar(xgr.GrammarMatcher(compiled), grammar.after)
 
 
@@ -53,6 +57,24 @@ class Grammars:
 # on it), and the fewest tokens per value.
 _COMPACT: dict[str, Any] = {"any_whitespace": False, "separators": (",", ":")}
 _ANY_OBJECT = json.dumps({"type": "object"})  # json_object: any JSON object, as OpenAI's JSON mode answers
+
+
+def _tool_call(functions: list[dict[str, Any]]) -> xgr.Grammar:
+    """One call of one of these functions, its arguments valid for the function's parameters (tool_format.py)."""
+    calls = [
+        xgr.Grammar.concat(
+            _literal(call_head(function["name"])),
+            xgr.Grammar.from_json_schema(json.dumps(function["parameters"]), **_COMPACT, strict_mode=True),
+            _literal(ARGUMENTS_CLOSE + CALL_END),
+        )
+        for function in functions
+    ]
+    choice = calls[0] if len(calls) == 1 else xgr.Grammar.union(*calls)
+    return xgr.Grammar.concat(_literal(CALLS_BEGIN), choice, _literal(CALLS_END))
+
+
+def _literal(text: str) -> xgr.Grammar:
+    return xgr.Grammar.from_ebnf(f"root ::= {json.dumps(text, ensure_ascii=False)}")
 
 
 def _first_line(error: Exception) -> str:

@@ -18,13 +18,15 @@ class FinishReason(StrEnum):
 class GrammarKind(StrEnum):
     JSON_OBJECT = "json_object"  # any JSON object (OpenAI's JSON mode)
     JSON_SCHEMA = "json_schema"  # JSON that validates against `schema`
+    TOOL_CALL = "tool_call"  # one call, in DeepSeek's tool format, of one of the functions `schema` lists
 
 
 class Grammar(NamedTuple):
     """What a request's output must be (structured outputs), enforced by constrained decoding (engine/grammar.py)."""
 
     kind: GrammarKind
-    schema: str | None = None  # JSON Schema text (json_schema; None: any object)
+    # json_schema: JSON Schema text (None: any object); tool_call: a JSON list of {"name", "parameters"}
+    schema: str | None = None
     strict: bool = False  # objects take only the properties the schema lists
     after: int | None = None  # the constraint starts after this token (R1's `</think>`); None: from the first
 

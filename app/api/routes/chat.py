@@ -11,19 +11,42 @@ from app.api import admission, framing
 from app.api.deps import RuntimeDep, ServedDep
 from app.api.errors import APIError
 from app.api.reasoning import ReasoningSplitter, ReasoningTokens, prompt_opens_reasoning, split_reasoning
-from app.api.schemas import ChatCompletionRequest
+from app.api.schemas import ChatCompletionRequest, ChatMessage
+from app.api.tool_calls import ToolCall, ToolCallStream
+from app.api.tool_calls import parse as parse_tool_calls
 from app.engine.types import FinishReason, TokenEvent
 from app.model.conventions import THINK_CLOSE, THINK_OPEN
+from app.model.tool_format import tools_section
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 
+def template_message(message: ChatMessage) -> dict[str, Any]:
+    """A message as chat templates read it (DeepSeek's test `content is none` on turns that only call tools)."""
+    content = None if message.content is None and message.tool_calls else message.text()
+    rendered: dict[str, Any] = {"role": "system" if message.role == "developer" else message.role, "content": content}
+    if message.tool_calls:
+        rendered["tool_calls"] = [call.model_dump() for call in message.tool_calls]
+    if message.tool_call_id is not None:
+        rendered["tool_call_id"] = message.tool_call_id
+    return rendered
+
+
 def render_prompt(tokenizer: Any, body: ChatCompletionRequest) -> str:
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+    messages = [template_message(m) for m in body.messages]
+    variables = dict(body.chat_template_kwargs or {})
+    if body.calls_tools:
+        tools = [tool.model_dump(exclude_none=True) for tool in body.tools or []]
+        if "tools" in (tokenizer.chat_template or ""):
+            variables["tools"] = tools  # the checkpoint's template shows them its own way
+        else:  # as DeepSeek-V3 was shown them, in the system prompt
+            section = tools_section([tool["function"] for tool in tools])
+            if messages[0]["role"] == "system":
+                messages[0] = {**messages[0], "content": f"{messages[0]['content']}\n\n{section}"}
+            else:
+                messages.insert(0, {"role": "system", "content": section})
     try:
-        text: str = tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True, **(body.chat_template_kwargs or {})
-        )
+        text: str = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **variables)
     except Exception as error:  # the checkpoint's template rejected these messages (e.g. roles out of order)
         raise APIError(400, f"the chat template rejected the messages: {error}", param="messages") from None
     return text
@@ -41,8 +64,11 @@ class ChatChunks:
         thinking: bool,
         index: int = 0,
         describe: framing.TokenText | None = None,
+        tools: bool = False,
     ) -> None:
         self._id, self._created, self._model, self._index = completion_id, created, model, index
+        self._tools = ToolCallStream() if tools else None  # the answer is read for tool calls
+        self._calls = 0
         self._describe = describe  # a token's text, when the request asked for log probabilities
         self._splitter = ReasoningSplitter(starts_in_reasoning=thinking)
         self._reasoning_tokens = ReasoningTokens(starts_in_reasoning=thinking)
@@ -65,16 +91,26 @@ class ChatChunks:
         if final:
             more_reasoning, more_content = self._splitter.finish()
             reasoning, content = reasoning + more_reasoning, content + more_content
+        calls: list[ToolCall] = []
+        if self._tools is not None:
+            content, calls = self._tools.feed(content)
+            if final:
+                more, more_calls = self._tools.finish()
+                content, calls = content + more, calls + more_calls
         chunks = []
         if reasoning:
             # Both names: DeepSeek's API and older vLLM send reasoning_content, newer vLLM reasoning.
             chunks.append(self.chunk({"reasoning_content": reasoning, "reasoning": reasoning}))
         if content:
             chunks.append(self.chunk({"content": content}))
+        if calls:
+            shaped = [call.shaped(self._calls + number) for number, call in enumerate(calls)]
+            self._calls += len(calls)
+            chunks.append(self.chunk({"tool_calls": shaped}))
         return chunks
 
     def finish(self, reason: FinishReason) -> dict[str, Any]:
-        return self.chunk({}, finish_reason=reason.value)
+        return self.chunk({}, finish_reason=finish_reason(reason, self._calls > 0))
 
     def reasoning_tokens(self, completion_tokens: int) -> int:
         return self._reasoning_tokens.count(completion_tokens)
@@ -95,6 +131,11 @@ def reasoning_end(tokenizer: Any) -> int:
             param="response_format",
         )
     return int(ids[0])
+
+
+def finish_reason(reason: FinishReason, called: bool) -> str:
+    """OpenAI's: "tool_calls" when the answer ended by calling tools."""
+    return "tool_calls" if called and reason is FinishReason.STOP else reason.value
 
 
 @router.post("/chat/completions", response_model=None)
@@ -126,7 +167,8 @@ async def chat_completions(
 
     if body.stream:
         formatters = [
-            ChatChunks(completion_id, created, runtime.model_name, thinking, index, describe) for index in range(body.n)
+            ChatChunks(completion_id, created, runtime.model_name, thinking, index, describe, body.calls_tools)
+            for index in range(body.n)
         ]
         lines = framing.stream_chunks(
             served.engine, admitted.sequences, request, list(formatters), body.include_usage, prompt_tokens
@@ -141,13 +183,17 @@ async def chat_completions(
     choices, counts = [], []
     for index, outcome in enumerate(outcomes):
         reasoning, content = split_reasoning(outcome.text, starts_in_reasoning=thinking)
-        message: dict[str, Any] = {"role": "assistant", "content": content}
+        calls: list[ToolCall] = []
+        if body.calls_tools:
+            content, calls = parse_tool_calls(content)
+        message: dict[str, Any] = {"role": "assistant", "content": content or (None if calls else content)}
         if reasoning is not None:
             message["reasoning_content"] = message["reasoning"] = reasoning
+        if calls:
+            message["tool_calls"] = [call.shaped() for call in calls]
         scored = framing.chat_logprobs(outcome.logprobs, describe) if describe is not None else None
-        choices.append(
-            {"index": index, "message": message, "finish_reason": outcome.finish_reason.value, "logprobs": scored}
-        )
+        finished = finish_reason(outcome.finish_reason, bool(calls))
+        choices.append({"index": index, "message": message, "finish_reason": finished, "logprobs": scored})
         counter = ReasoningTokens(starts_in_reasoning=thinking)
         counter.feed_pieces(outcome.pieces)
         counts.append((outcome.completion_tokens, counter.count(outcome.completion_tokens)))

@@ -37,9 +37,8 @@ def refusal(build: Any, **fields: Any) -> str:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("tools", [{"type": "function", "function": {"name": "get_weather"}}]),
-        ("tool_choice", "auto"),
         ("functions", [{"name": "f"}]),
+        ("function_call", "auto"),
         ("presence_penalty", 0.5),
         ("frequency_penalty", -1.0),
         ("logit_bias", {"50256": -100}),
@@ -53,7 +52,10 @@ def test_unsupported_chat_field_is_refused_naming_it(field: str, value: Any) -> 
     assert "not supported" in message
 
 
-@pytest.mark.parametrize(("field", "value"), [("echo", True), ("suffix", "tail")])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("echo", True), ("suffix", "tail"), ("tools", [{"type": "function", "function": {"name": "f"}}])],
+)
 def test_unsupported_completion_field_is_refused_naming_it(field: str, value: Any) -> None:
     assert f"{field}=" in refusal(completion, **{field: value})
 
@@ -290,3 +292,54 @@ def test_bad_response_formats_are_refused_naming_the_field(response_format: Any,
 def test_ignore_eos_cannot_run_past_a_finished_json_value() -> None:
     assert "ignore_eos cannot be combined" in refusal(chat, response_format={"type": "json_object"}, ignore_eos=True)
     assert chat(response_format={"type": "text"}, ignore_eos=True).ignore_eos
+
+
+# --- tools -------------------------------------------------------------------------------------------------------
+
+WEATHER = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+}
+NOW = {"type": "function", "function": {"name": "now"}}
+CALLED = {"name": "now", "arguments": "{}"}
+
+
+def test_forced_tool_calls_become_a_tool_call_grammar() -> None:
+    assert chat(tools=[WEATHER]).sampling(8, PLAIN).grammar is None  # auto: the model decides
+    assert chat(tools=[WEATHER], tool_choice="auto").choices(8, PLAIN)[0].grammar is None
+    required = chat(tools=[WEATHER, NOW], tool_choice="required").choices(8, PLAIN, grammar_after=5)[0].grammar
+    assert required == Grammar(
+        GrammarKind.TOOL_CALL,
+        '[{"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}, '
+        '{"name": "now", "parameters": {"type": "object", "properties": {}}}]',
+        strict=True,
+        after=5,
+    )
+    named = {"type": "function", "function": {"name": "now"}}
+    grammar = chat(tools=[WEATHER, NOW], tool_choice=named).choices(8, PLAIN)[0].grammar
+    assert (
+        grammar is not None
+        and grammar.schema == '[{"name": "now", "parameters": {"type": "object", "properties": {}}}]'
+    )
+    assert not chat(tools=[WEATHER], tool_choice="none").calls_tools
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"tool_choice": "required"}, 'tool_choice "required" needs tools'),
+        ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "x"}}}, "'x', which is not"),
+        ({"tools": [WEATHER, WEATHER]}, "two tools have the same name"),
+        ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "tools.0.function.name"),
+        ({"tools": [{"type": "retrieval"}]}, "tools.0.type"),
+        ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "tools and a JSON response_format"),
+        ({"tool_choice": "sometimes"}, "tool_choice"),
+        ({"messages": [{"role": "tool", "content": "18 C"}]}, "needs tool_call_id"),
+        (
+            {"messages": [{"role": "user", "content": "x", "tool_calls": [{"id": "c", "function": CALLED}]}]},
+            "only assistant messages",
+        ),
+    ],
+)
+def test_bad_tool_requests_are_refused_naming_the_problem(fields: dict[str, Any], named: str) -> None:
+    assert named in refusal(chat, **fields)

@@ -144,3 +144,38 @@ def test_the_cpu_mask_is_the_one_xgrammar_kernel_applies(builtin_tokenizer: Any,
     masked = mask_logits(logits, list(zip([3, 0, 2], rows, strict=True)), keep_original=False)
     assert masked is logits
     assert torch.equal(masked, expected)
+
+
+def test_a_forced_tool_call_is_one_call_of_a_listed_function_then_its_end(
+    builtin_tokenizer: Any, grammars: Grammars
+) -> None:
+    from app.model.tool_format import CALLS_BEGIN, CALLS_END, call_text
+
+    functions = [
+        {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+        {"name": "now", "parameters": {"type": "object", "properties": {}}},
+    ]
+    row = grammars.matcher(Grammar(GrammarKind.TOOL_CALL, json.dumps(functions), strict=True))
+
+    def allowed() -> list[int]:
+        masked = mask_logits(torch.zeros(1, grammars.vocab_size), [(0, row)], keep_original=False)
+        return torch.isfinite(masked[0]).nonzero().flatten().tolist()
+
+    begin = builtin_tokenizer.encode(CALLS_BEGIN, add_special_tokens=False)
+    assert begin[0] in allowed()
+
+    def feed(target: Any, text: str) -> None:
+        for token in builtin_tokenizer.encode(text, add_special_tokens=False):
+            target.accept(token)
+
+    feed(row, CALLS_BEGIN + call_text("get_weather", '{"city":"Oslo"}') + CALLS_END)
+    assert allowed() == [EOS]
+    other = grammars.matcher(Grammar(GrammarKind.TOOL_CALL, json.dumps(functions), strict=True))
+    with pytest.raises(RuntimeError, match="outside"):  # an unlisted function
+        feed(other, CALLS_BEGIN + call_text("delete_all", "{}"))
+
+
+def test_tool_parameters_the_library_cannot_take_are_refused(grammars: Grammars) -> None:
+    functions = [{"name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "colour"}}}}]
+    with pytest.raises(GrammarError, match=r"^a tool's parameters could not be compiled: Unsupported type"):
+        grammars.matcher(Grammar(GrammarKind.TOOL_CALL, json.dumps(functions)))

@@ -24,7 +24,7 @@ BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
 USER, ASSISTANT = "<｜User｜>", "<｜Assistant｜>"
 
 
-def render(tokenizer: Any, messages: list[dict[str, str]], **kwargs: Any) -> str:
+def render(tokenizer: Any, messages: list[dict[str, Any]], **kwargs: Any) -> str:
     """The prompt text, rendered as the chat route renders it."""
     text: str = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
     return text
@@ -120,6 +120,27 @@ def test_the_rendered_prompt_starts_with_one_bos_token_and_tags_are_single_token
     assert ids.count(builtin_tokenizer.bos_token_id) == 1
     assert builtin_tokenizer.convert_ids_to_tokens(ids[-1]) == ASSISTANT
     assert USER in builtin_tokenizer.convert_ids_to_tokens(ids)
+
+
+def test_earlier_tool_calls_and_their_results_render_in_deepseeks_tool_format(builtin_tokenizer: Any) -> None:
+    from app.model import tool_format as t
+
+    weather = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    now = {"id": "c2", "type": "function", "function": {"name": "now", "arguments": "{}"}}
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [weather, now]},
+        {"role": "tool", "tool_call_id": "c1", "content": "18 C"},
+        {"role": "tool", "tool_call_id": "c2", "content": "noon"},
+    ]
+    calls = t.CALLS_BEGIN + t.call_text("get_weather", '{"city":"Paris"}') + "\n" + t.call_text("now", "{}")
+    outputs = f"{t.OUTPUTS_BEGIN}{t.OUTPUT_BEGIN}18 C{t.OUTPUT_END}\n{t.OUTPUT_BEGIN}noon{t.OUTPUT_END}{t.OUTPUTS_END}"
+    assert render(builtin_tokenizer, messages) == (
+        f"{BOS}{USER}Weather?{ASSISTANT}{calls}{t.CALLS_END}{EOS}{outputs}{ASSISTANT}"
+    )
+    # and every marker is one token of the tokenizer, as the model was trained on them
+    for marker in (t.CALLS_BEGIN, t.CALL_BEGIN, t.SEP, t.CALL_END, t.CALLS_END, t.OUTPUTS_BEGIN, t.OUTPUT_END):
+        assert len(builtin_tokenizer.encode(marker, add_special_tokens=False)) == 1, marker
 
 
 def test_reasoning_is_stripped_from_earlier_assistant_turns(builtin_tokenizer: Any) -> None:
