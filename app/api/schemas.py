@@ -59,6 +59,36 @@ COMPLETION_UNSUPPORTED: dict[str, Any] = {
 }
 
 SCHEMA_NAME = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for json_schema.name
+# How large a schema may be (OpenAI's own limits are 10 levels, 5,000 properties, 1,000 enum values). A schema is
+# compiled in the engine between steps: measured on 2 cores, 300 nested objects took 3.2 s and an enum of 100k
+# strings 71 s, stalling every stream meanwhile.
+MAX_SCHEMA_DEPTH = 32
+MAX_SCHEMA_PROPERTIES = 5000
+MAX_SCHEMA_ENUM_VALUES = 1000
+
+
+def check_schema_size(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema, if it is within the limits above; else a ValueError saying which. Walks without recursion, so a
+    schema nested as deep as a request body allows is refused, not a stack overflow."""
+    properties = enum_values = 0
+    pending: list[tuple[Any, int]] = [(schema, 1)]
+    while pending:
+        node, depth = pending.pop()
+        if depth > MAX_SCHEMA_DEPTH:
+            raise ValueError(f"the schema nests deeper than {MAX_SCHEMA_DEPTH} levels")
+        if isinstance(node, dict):
+            if isinstance(node.get("properties"), dict):
+                properties += len(node["properties"])
+            if isinstance(node.get("enum"), list):
+                enum_values += len(node["enum"])
+            pending.extend((value, depth + 1) for value in node.values())
+        elif isinstance(node, list):
+            pending.extend((value, depth + 1) for value in node)
+    if properties > MAX_SCHEMA_PROPERTIES:
+        raise ValueError(f"the schema has {properties} properties, more than {MAX_SCHEMA_PROPERTIES}")
+    if enum_values > MAX_SCHEMA_ENUM_VALUES:
+        raise ValueError(f"the schema has {enum_values} enum values, more than {MAX_SCHEMA_ENUM_VALUES}")
+    return schema
 
 
 class TextPart(BaseModel):
@@ -112,6 +142,11 @@ class FunctionDefinition(BaseModel):
     parameters: dict[str, Any] | None = None  # JSON Schema of the arguments; None: no arguments
     strict: bool | None = None
 
+    @field_validator("parameters")
+    @classmethod
+    def _within_limits(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return check_schema_size(value) if value is not None else None
+
 
 class Tool(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -145,6 +180,11 @@ class JSONSchemaFormat(BaseModel):
     description: str | None = None
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")  # None: any JSON object
     strict: bool | None = False  # true: objects take only the properties the schema lists
+
+    @field_validator("schema_")
+    @classmethod
+    def _within_limits(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return check_schema_size(value) if value is not None else None
 
 
 class ResponseFormat(BaseModel):

@@ -107,6 +107,9 @@ class BatchLoop:
     ) -> None:
         self._model = model
         self._grammars = grammars  # None: requests with a grammar are refused
+        # Requests the last step ended with an error of their own (request id, reason): their grammar left them
+        # no token. The caller tells their clients; the other rows went on.
+        self.failed: list[tuple[int, str, str]] = []  # and the request field at fault
         self._device: torch.device = model.device
         self._eos = eos_token_ids
         self._max_batch = max_batch_size
@@ -174,6 +177,11 @@ class BatchLoop:
         return len(self._running) + (self._chunking is not None)
 
     @property
+    def structured_outputs(self) -> bool:
+        """Whether requests with a grammar can run (the engine built the tokenizer's grammar index)."""
+        return self._grammars is not None
+
+    @property
     def idle(self) -> bool:
         return not self._waiting and not self._running and self._chunking is None
 
@@ -227,6 +235,7 @@ class BatchLoop:
     @torch.inference_mode()
     def step(self) -> list[StepOutput]:
         started = time.perf_counter()
+        self.failed = []
         plan, kind = self._schedule()
         if not plan:
             self.last = StepStats()
@@ -403,7 +412,9 @@ class BatchLoop:
             logits = output.logits[0]
             constrained = [(i, r.grammar) for i, r in enumerate(sampled) if r.grammar is not None and r.grammar.active]
             scoring = any(sampled[i].params.logprobs is not None for i, _ in constrained)
-            allowed = mask_logits(logits, constrained, keep_original=scoring) if constrained else logits
+            allowed, stuck = mask_logits(logits, constrained, keep_original=scoring) if constrained else (logits, [])
+            for index in stuck:
+                self._fail(sampled[index], "the grammar allows no further token: no value satisfies the schema")
             tokens = sample_next_tokens(allowed, [r.params for r in sampled], [r.generator for r in sampled])
             scored = [i for i, r in enumerate(sampled) if r.params.logprobs is not None]
             found: dict[int, Logprobs] = {}
@@ -414,10 +425,16 @@ class BatchLoop:
             for index, (row, token) in enumerate(zip(sampled, tokens, strict=True)):
                 if row is self._chunking:
                     self._chunking = None
+                if row.done:  # failed above: not in the running batch, so its blocks go back here
+                    if not row.decoding:
+                        self._release(row)
+                    continue
                 if not row.decoding:  # its prompt is in: it joins the running batch
                     row.decoding = True
                     self._running.append(row)
-                outputs.append(self._accept(row, token, found.get(index)))
+                accepted = self._accept(row, token, found.get(index))
+                if accepted is not None:
+                    outputs.append(accepted)
         return outputs
 
     def _slots(self, row: _Row, tokens: int) -> torch.Tensor:
@@ -433,10 +450,17 @@ class BatchLoop:
             self._blocks.register(row.blocks[index], name)
             row.hashes.append(name)
 
-    def _accept(self, row: _Row, token: int, logprobs: Logprobs | None) -> StepOutput:
+    def _fail(self, row: _Row, reason: str) -> None:
+        """End one row with an error of its own request (the others in the step go on)."""
+        row.done = True
+        field = row.params.grammar.field if row.params.grammar is not None else "messages"
+        self.failed.append((row.request_id, reason, field))
+
+    def _accept(self, row: _Row, token: int, logprobs: Logprobs | None) -> StepOutput | None:
         row.tokens.append(token)
-        if row.grammar is not None:
-            row.grammar.accept(token)
+        if row.grammar is not None and not row.grammar.accept(token):
+            self._fail(row, f"token {token} is outside the grammar")
+            return None
         if token in self._eos and not row.params.ignore_eos:
             row.done = True
             return StepOutput(row.request_id, token, FinishReason.STOP, is_eos=True, logprobs=logprobs)

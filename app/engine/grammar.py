@@ -97,20 +97,22 @@ class RowGrammar:
     def fill(self, bitmask: torch.Tensor, index: int) -> None:
         self._matcher.fill_next_token_bitmask(bitmask, index)
 
-    def accept(self, token: int) -> None:
-        """The row produced `token` (sampled under this grammar's mask when active)."""
+    def accept(self, token: int) -> bool:
+        """The row produced `token` (sampled under this grammar's mask when active); False if the grammar does not
+        take it (a row whose grammar allowed no token at all, which some schemas reach: the row must end)."""
         if not self.active:
             self.active = token == self._after
-            return
-        if not self._matcher.accept_token(token):
-            # The mask allowed only accepted tokens, so this is a bug, not bad input: say which token.
-            raise RuntimeError(f"token {token} was sampled outside the row's grammar")
+            return True
+        return bool(self._matcher.accept_token(token))
 
 
-def mask_logits(logits: torch.Tensor, rows: list[tuple[int, RowGrammar]], keep_original: bool) -> torch.Tensor:
+def mask_logits(
+    logits: torch.Tensor, rows: list[tuple[int, RowGrammar]], keep_original: bool
+) -> tuple[torch.Tensor, list[int]]:
     """The step's logits [rows, vocab] in float32 with each constrained row's disallowed tokens at -inf: in place
     when they already are float32, unless `keep_original` (rows that report log probabilities report the model's
-    own distribution)."""
+    own distribution). Also the rows whose grammar allows no token at all (a schema no value satisfies, such as a
+    pattern that matches nothing): they cannot go on."""
     masked = logits.float()
     if masked is logits and keep_original:
         masked = masked.clone()
@@ -119,9 +121,10 @@ def mask_logits(logits: torch.Tensor, rows: list[tuple[int, RowGrammar]], keep_o
     for index, grammar in rows:
         grammar.fill(bitmask, index)
     indices = [index for index, _ in rows]
+    stuck = [index for index in indices if not bool(bitmask[index].any())]
     if masked.device.type != "cpu":
         xgr.apply_token_bitmask_inplace(masked, bitmask.to(masked.device), indices=indices)
-        return masked
+        return masked, stuck
     # On a CPU, numpy's bit unpacking and masked copy: xgrammar's CPU kernel took 18 ms a step for 32 rows of 129k
     # tokens on 2 AVX2 cores, about half the step; this takes ~5 ms (bench/results/structured-outputs-*.txt).
     # Bit j of 32-bit word i allows token 32 i + j: little-endian words, so bytes in order, bits from the lowest.
@@ -130,4 +133,4 @@ def mask_logits(logits: torch.Tensor, rows: list[tuple[int, RowGrammar]], keep_o
     values = masked.numpy()
     for position, index in enumerate(indices):
         np.copyto(values[index], -np.inf, where=~allowed[position])
-    return masked
+    return masked, stuck

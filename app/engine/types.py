@@ -30,6 +30,11 @@ class Grammar(NamedTuple):
     strict: bool = False  # objects take only the properties the schema lists
     after: int | None = None  # the constraint starts after this token (R1's `</think>`); None: from the first
 
+    @property
+    def field(self) -> str:
+        """The request field it comes from, which a refusal names."""
+        return "tools" if self.kind is GrammarKind.TOOL_CALL else "response_format"
+
 
 @dataclass(frozen=True)
 class SamplingParams:

@@ -25,7 +25,7 @@ from app.engine.batch_loop import BatchLoop
 from app.engine.grammar import GrammarError, Grammars
 from app.engine.messages import Add, Cancel, Failed, FailedRequests, FromEngine, Progress, Ready, Refused, Step
 from app.engine.spec import KVCacheSpec, WorkerSpec
-from app.engine.types import SamplingParams
+from app.engine.types import Grammar, GrammarKind, SamplingParams
 from app.engine.wire import BlockingReader, write_all
 from app.model import hardware
 from app.model.loader import load_weights
@@ -117,11 +117,17 @@ def run_worker(inbox: Connection, outbox: Connection, spec: WorkerSpec) -> None:
         return  # the API process closed the pipes (shutdown) or is gone: nothing left to serve
 
 
-def structured_outputs(directory: str, model: Any, eos: set[int], send: Callable[[FromEngine], None]) -> Grammars:
+def structured_outputs(
+    directory: str, model: Any, eos: set[int], send: Callable[[FromEngine], None]
+) -> Grammars | None:
     """The grammar index of the served tokenizer, over the model's whole output width (which may be wider)."""
     started = time.perf_counter()
-    tokenizer = load_tokenizer(Path(directory), lambda text: None)
-    grammars = Grammars(tokenizer, int(model.get_output_embeddings().out_features), eos)
+    try:
+        tokenizer = load_tokenizer(Path(directory), lambda text: None)
+        grammars = Grammars(tokenizer, int(model.get_output_embeddings().out_features), eos)
+    except Exception as error:  # a tokenizer xgrammar cannot index: serve, refusing only constrained requests
+        logger.warning(f"structured outputs are off: {type(error).__name__}: {error}")
+        return None
     send(Progress(f"structured outputs: grammar index built in {time.perf_counter() - started:.1f}s"))
     return grammars
 
@@ -153,6 +159,8 @@ def _warm_up(loop: BatchLoop, max_batch_size: int, chunk_tokens: int) -> None:
         loop.add(-2 - rows, list(range(min(2 * chunk_tokens, WARM_UP_TOKENS))), greedy)
     for row in range(rows):
         loop.add(-2 - row, list(range(row, row + width)), greedy)  # distinct: each prompt is computed
+    if loop.structured_outputs:  # a constrained row too: on a GPU its masking kernel is compiled on first use
+        loop.add(-3 - rows, [4, 5, 6], SamplingParams(max_tokens=3, grammar=Grammar(GrammarKind.JSON_OBJECT)))
     while not loop.idle:
         loop.step()
     loop.restart_counters()
@@ -186,6 +194,8 @@ def _serve(loop: BatchLoop, inbox: BlockingReader, send: Callable[[FromEngine], 
             logger.exception("engine step failed", extra={"event": "engine_step_failed"})
             send(FailedRequests(loop.reset(), f"{type(error).__name__}: {error}"))
             outputs = []
+        for request_id, reason, field in loop.failed:
+            send(Refused(request_id, reason, field))
         counts = (loop.waiting, loop.running)
         if outputs or counts != reported:  # a cancelled request changes the counts without producing a token
             reported = counts
@@ -218,7 +228,8 @@ def _take_messages(
                 try:
                     loop.add(request_id, prompt, params)
                 except GrammarError as error:
-                    send(Refused(request_id, str(error), "response_format"))
+                    field = params.grammar.field if params.grammar is not None else "response_format"
+                    send(Refused(request_id, str(error), field))
                 except Exception as error:  # e.g. a seed torch cannot take: fail that request, not the engine
                     send(FailedRequests([request_id], f"{type(error).__name__}: {error}"))
             case Cancel(request_id):

@@ -343,3 +343,27 @@ def test_forced_tool_calls_become_a_tool_call_grammar() -> None:
 )
 def test_bad_tool_requests_are_refused_naming_the_problem(fields: dict[str, Any], named: str) -> None:
     assert named in refusal(chat, **fields)
+
+
+def deep(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
+@pytest.mark.parametrize(
+    ("schema", "named"),
+    [
+        (deep(40), "nests deeper than 32 levels"),
+        (deep(900), "nests deeper than 32 levels"),  # as deep as a body parses: refused, no recursion error
+        ({"enum": [str(n) for n in range(1001)]}, "1001 enum values, more than 1000"),
+        ({"type": "object", "properties": {str(n): {} for n in range(5001)}}, "5001 properties, more than 5000"),
+    ],
+)
+def test_schemas_too_large_to_compile_between_steps_are_refused(schema: dict[str, Any], named: str) -> None:
+    response_format = {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}
+    assert named in refusal(chat, response_format=response_format)
+    tool = {"type": "function", "function": {"name": "f", "parameters": schema}}
+    assert named in refusal(chat, tools=[tool])
+    assert chat(response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": deep(10)}})
