@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.engine.types import Grammar, GrammarKind, SamplingParams
 from app.model.conventions import GenerationDefaults
@@ -96,6 +96,10 @@ class TextPart(BaseModel):
     text: str
 
 
+# A JSON Schema a request sends (response_format, a tool's parameters), within the limits the engine compiles.
+JSONSchema = Annotated[dict[str, Any], AfterValidator(check_schema_size)]
+
+
 class CalledFunction(BaseModel):
     name: str = Field(min_length=1)
     arguments: str  # JSON text, as the model wrote it
@@ -139,13 +143,8 @@ class FunctionDefinition(BaseModel):
 
     name: str = Field(pattern=SCHEMA_NAME)
     description: str | None = None
-    parameters: dict[str, Any] | None = None  # JSON Schema of the arguments; None: no arguments
+    parameters: JSONSchema | None = None  # of the arguments; None: no arguments
     strict: bool | None = None
-
-    @field_validator("parameters")
-    @classmethod
-    def _within_limits(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        return check_schema_size(value) if value is not None else None
 
 
 class Tool(BaseModel):
@@ -178,13 +177,8 @@ class JSONSchemaFormat(BaseModel):
 
     name: str = Field(pattern=SCHEMA_NAME)
     description: str | None = None
-    schema_: dict[str, Any] | None = Field(default=None, alias="schema")  # None: any JSON object
+    schema_: JSONSchema | None = Field(default=None, alias="schema")  # None: any JSON object
     strict: bool | None = False  # true: objects take only the properties the schema lists
-
-    @field_validator("schema_")
-    @classmethod
-    def _within_limits(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        return check_schema_size(value) if value is not None else None
 
 
 class ResponseFormat(BaseModel):
