@@ -20,7 +20,8 @@ import torch
 
 from app.engine import worker
 from app.engine.batch_loop import StepOutput, StepStats
-from app.engine.messages import Add, Cancel, FailedRequests, Step
+from app.engine.grammar import GrammarError
+from app.engine.messages import Add, Cancel, FailedRequests, Refused, Step
 from app.engine.spec import KVCacheSpec
 from app.engine.types import KVStats, SamplingParams
 from app.engine.wire import BlockingReader, frame, write_all
@@ -43,6 +44,7 @@ class RecordingLoop:
         self.calls = 0
         self.last = StepStats()
         self.kv = KVStats(0.0, 0, 0, 0)
+        self.failed: list[tuple[int, str, str]] = []  # rows a step ended with their own error
         self._step_started = threading.Condition()
 
     def wait_for_steps(self, count: int) -> None:
@@ -148,7 +150,7 @@ def serve(loop: RecordingLoop, pipes: tuple[int, int, int, int], feed: Callable[
         assert not thread.is_alive(), "the serving loop did not stop when its inbox closed"
     assert len(ended) == 1
     assert isinstance(ended[0], EOFError)
-    unexpected = [message for message in received if not isinstance(message, Step | FailedRequests)]
+    unexpected = [message for message in received if not isinstance(message, Step | FailedRequests | Refused)]
     assert not unexpected, f"the serving loop sent {unexpected}"
     return received
 
@@ -329,11 +331,11 @@ class FailingStepLoop(RecordingLoop):
 
     def __init__(self) -> None:
         super().__init__(step_s=0.0)
-        self.failed = False
+        self.raised = False
 
     def step(self) -> list[StepOutput]:
-        if not self.idle and not self.failed:
-            self.failed = True
+        if not self.idle and not self.raised:
+            self.raised = True
             with self._step_started:
                 self.steps.append((time.monotonic(), list(self.waiting_ids)))
                 self._step_started.notify_all()
@@ -377,6 +379,38 @@ def test_a_request_the_loop_cannot_take_fails_alone(pipes: tuple[int, int, int, 
     assert [f.request_ids for f in failures] == [[2]] and "seed out of range" in failures[0].reason
     served = sorted(token[0] for message in received if isinstance(message, Step) for token in message.tokens)
     assert served == [1, 3]
+
+
+class GrammarLoop(RecordingLoop):
+    """Refuses request 2's grammar when it is added; ends request 3 with an error of its own at its first step."""
+
+    def add(self, request_id: int, prompt: list[int], params: SamplingParams) -> None:
+        if request_id == 2:
+            raise GrammarError("the JSON schema could not be compiled: Unsupported type")
+        super().add(request_id, prompt, params)
+
+    def step(self) -> list[StepOutput]:
+        outputs = super().step()
+        self.failed = (
+            [(3, "the grammar allows no further token", "tools")] if any(o.request_id == 3 for o in outputs) else []
+        )
+        return [o for o in outputs if o.request_id != 3]
+
+
+def test_grammar_refusals_are_sent_as_the_requests_own_errors(pipes: tuple[int, int, int, int]) -> None:
+    loop = GrammarLoop(step_s=0.0)
+
+    def feed(write: Write) -> None:
+        write(Add(1, [1], PARAMS), Add(2, [1], PARAMS), Add(3, [1], PARAMS))
+        loop.wait_for_requests(2)
+
+    received = serve(loop, pipes, feed)
+    refused = [message for message in received if isinstance(message, Refused)]
+    assert refused == [
+        Refused(2, "the JSON schema could not be compiled: Unsupported type", "response_format"),
+        Refused(3, "the grammar allows no further token", "tools"),
+    ]
+    assert not [message for message in received if isinstance(message, FailedRequests)]
 
 
 def test_the_prefill_chunk_follows_the_device_unless_set() -> None:
