@@ -75,7 +75,13 @@ class Runtime:
             directory = resolve_source(settings.model, progress)
             tokenizer = load_tokenizer(directory, progress)
             spec = WorkerSpec(
-                WeightsSpec(str(directory), settings.dtype, settings.device, settings.max_model_len),
+                WeightsSpec(
+                    str(directory),
+                    settings.dtype,
+                    settings.device,
+                    settings.max_model_len,
+                    settings.tensor_parallel_size,
+                ),
                 max_batch_size=settings.max_batch_size,
                 log_level=settings.log_level,
                 prefill_chunk_tokens=settings.prefill_chunk_tokens,

@@ -29,6 +29,7 @@ class Settings:
     served_model_name: str | None = None
     dtype: str = "auto"
     device: str = "auto"
+    tensor_parallel_size: int = 1  # ranks the model is split across, one per GPU (app.engine.tensor_parallel)
     # 32 concurrent requests are served without refusing any: all 32 decode together, more wait in the queue.
     max_batch_size: int = 32
     max_queue: int = 256
@@ -201,6 +202,14 @@ OPTIONS: tuple[_Option, ...] = (
     ),
     _Option(
         "device", "--device", "DEVICE", f"{', '.join(DEVICES)} (default auto: cuda when present)", _choice(DEVICES)
+    ),
+    _Option(
+        "tensor_parallel_size",
+        "--tensor-parallel-size",
+        "TENSOR_PARALLEL_SIZE",
+        "GPUs the model is split across, one rank each, by tensor parallelism; on a CPU, processes sharing its "
+        "cores (default 1)",
+        _int_at_least(1),
     ),
     _Option(
         "max_batch_size",

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import gc
 import logging
+import pickle
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -21,14 +24,16 @@ from typing import Any
 
 import torch
 
+from app.engine import tensor_parallel
 from app.engine.batch_loop import BatchLoop
 from app.engine.grammar import GrammarError, Grammars
 from app.engine.messages import Add, Cancel, Failed, FailedRequests, FromEngine, Progress, Ready, Refused, Step
 from app.engine.spec import KVCacheSpec, WorkerSpec
+from app.engine.tensor_parallel import HEARTBEAT_S, ReplicatedLoop, TensorParallelError
 from app.engine.types import Grammar, GrammarKind, SamplingParams
 from app.engine.wire import BlockingReader, write_all
 from app.model import hardware
-from app.model.loader import load_weights
+from app.model.loader import LoadedWeights, check_split, load_weights, resolve_device
 from app.model.source import ModelLoadError, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -60,10 +65,11 @@ def chunk_tokens(setting: int | None, device_type: str) -> int:
     return setting if setting is not None else DEFAULT_CHUNK_TOKENS.get(device_type, DEFAULT_CHUNK_TOKENS["cuda"])
 
 
-def cpu_threads() -> tuple[int, int]:
-    """Torch threads for (prefill, decode) on a CPU: every core, and every core but the HTTP process's one."""
-    available = hardware.cpu_count()
-    return available, max(1, available - 1)
+def cpu_threads(ranks: int = 1) -> tuple[int, int]:
+    """Torch threads for (prefill, decode) on a CPU: every core, and every core but the HTTP process's one; with
+    tensor-parallel ranks, each rank's share of them."""
+    available = max(1, hardware.cpu_count() // ranks)
+    return available, max(1, available - 1) if ranks == 1 else available
 
 
 def run_worker(inbox: Connection, outbox: Connection, spec: WorkerSpec) -> None:
@@ -78,24 +84,13 @@ def run_worker(inbox: Connection, outbox: Connection, spec: WorkerSpec) -> None:
     def send(message: FromEngine) -> None:
         write_all(outbox.fileno(), message)
 
+    followers: list[subprocess.Popen[bytes]] = []
     try:
         try:
+            followers = start_ranks(spec)
             weights = load_weights(spec.weights, lambda text: send(Progress(text)))
-            device_type = weights.model.device.type
-            threads = cpu_threads() if device_type == "cpu" else None
-            chunk = chunk_tokens(spec.prefill_chunk_tokens, device_type)
-            grammars = structured_outputs(spec.weights.directory, weights.model, weights.eos_token_ids, send)
-            loop = BatchLoop(
-                weights.model,
-                weights.eos_token_ids,
-                spec.max_batch_size,
-                cpu_threads=threads,
-                prefill_chunk_tokens=chunk,
-                kv_cache_bytes=kv_cache_bytes(spec.kv_cache, weights.model.device),
-                prefix_caching=spec.kv_cache.prefix_caching,
-                block_size=spec.kv_cache.block_size,
-                grammars=grammars,
-            )
+            built = build_loop(spec, weights, send)
+            loop: BatchLoop | ReplicatedLoop = built
             send(Progress(_describe_kv(loop)))
             if loop.kv_cache_tokens < spec.weights.max_model_len:
                 raise ModelLoadError(
@@ -103,7 +98,11 @@ def run_worker(inbox: Connection, outbox: Connection, spec: WorkerSpec) -> None:
                     f"{spec.weights.max_model_len} may need: raise --kv-cache-memory (or --kv-cache-memory-fraction) "
                     "or lower --max-model-len"
                 )
-            _warm_up(loop, spec.max_batch_size, chunk)
+            if followers:
+                tensor_parallel.broadcast(loop.kv_cache_tokens)
+                loop = ReplicatedLoop(built, followers)
+                send(Progress(f"tensor parallel: {len(followers) + 1} ranks"))
+            _warm_up(loop, spec.max_batch_size, chunk_tokens(spec.prefill_chunk_tokens, weights.model.device.type))
         except ModelLoadError as error:
             send(Failed(str(error)))
             return
@@ -112,9 +111,60 @@ def run_worker(inbox: Connection, outbox: Connection, spec: WorkerSpec) -> None:
             return
         gc.freeze()  # the model and libraries live as long as the process: keep the collector from walking them
         send(Ready(weights.description, loop.cache_config))
-        _serve(loop, BlockingReader(inbox.fileno()), send)
+        try:
+            _serve(loop, BlockingReader(inbox.fileno()), send, HEARTBEAT_S if followers else None)
+        finally:
+            if isinstance(loop, ReplicatedLoop):
+                loop.stop()
     except (EOFError, BrokenPipeError, OSError):
         return  # the API process closed the pipes (shutdown) or is gone: nothing left to serve
+    except TensorParallelError as error:
+        logger.error(str(error), extra={"event": "engine_failed"})
+        return  # the engine exits: the API process reports it lost, /healthz turns 503
+    finally:
+        tensor_parallel.stop_ranks(followers)  # none is left behind, whatever ended this process
+
+
+def start_ranks(spec: WorkerSpec) -> list[subprocess.Popen[bytes]]:
+    """With --tensor-parallel-size N > 1: check the model splits N ways here, start ranks 1..N-1, and join them in
+    one process group as rank 0; [] otherwise."""
+    size = spec.weights.tensor_parallel_size
+    if size == 1:
+        return []
+    device = resolve_device(spec.weights.device).type
+    check_split(spec.weights, device)
+    init_method = tensor_parallel.free_init_method()
+    followers = []
+    for rank in range(1, size):
+        process = subprocess.Popen([sys.executable, "-m", "app.engine.rank"], stdin=subprocess.PIPE)
+        assert process.stdin is not None
+        process.stdin.write(pickle.dumps((spec, rank, init_method, device)))
+        process.stdin.close()
+        followers.append(process)
+    tensor_parallel.join_group(0, size, init_method, device)
+    return followers
+
+
+def build_loop(
+    spec: WorkerSpec, weights: LoadedWeights, send: Callable[[FromEngine], None], kv_cache_tokens: int | None = None
+) -> BatchLoop:
+    """The batch loop over the loaded weights, as every rank builds it (the others with rank 0's cache size)."""
+    device_type = weights.model.device.type
+    ranks = spec.weights.tensor_parallel_size
+    cpu_ranks = ranks if device_type == "cpu" else 1
+    return BatchLoop(
+        weights.model,
+        weights.eos_token_ids,
+        spec.max_batch_size,
+        cpu_threads=cpu_threads(ranks) if device_type == "cpu" else None,
+        prefill_chunk_tokens=chunk_tokens(spec.prefill_chunk_tokens, device_type),
+        kv_cache_tokens=kv_cache_tokens,
+        # On a CPU the ranks share one machine's memory: each takes its share of the budget.
+        kv_cache_bytes=None if kv_cache_tokens else kv_cache_bytes(spec.kv_cache, weights.model.device) // cpu_ranks,
+        prefix_caching=spec.kv_cache.prefix_caching,
+        block_size=spec.kv_cache.block_size,
+        grammars=structured_outputs(spec.weights.directory, weights.model, weights.eos_token_ids, send),
+    )
 
 
 def structured_outputs(
@@ -132,7 +182,7 @@ def structured_outputs(
     return grammars
 
 
-def _describe_kv(loop: BatchLoop) -> str:
+def _describe_kv(loop: BatchLoop | ReplicatedLoop) -> str:
     gib = loop.kv_cache_tokens * loop.kv_bytes_per_token / 1024**3
     return (
         f"KV cache: {loop.kv_cache_tokens} tokens ({gib:.2f} GiB, {loop.kv_bytes_per_token} bytes a token), "
@@ -143,7 +193,7 @@ def _describe_kv(loop: BatchLoop) -> str:
 WARM_UP_TOKENS = 2048  # prompt tokens of the full-batch warm-up prefill, at most
 
 
-def _warm_up(loop: BatchLoop, max_batch_size: int, chunk_tokens: int) -> None:
+def _warm_up(loop: BatchLoop | ReplicatedLoop, max_batch_size: int, chunk_tokens: int) -> None:
     """Generate before saying ready, so the first clients do not pay for lazy initialisation: one short request
     alone (the lone path), then a full batch joining it while it runs (group prefill, batched decode over the pool),
     and, with chunked prefill on, a prompt of two chunks prefilled beside them.
@@ -176,7 +226,14 @@ QUIET_S = 0.002
 GATHER_CAP_S = 0.010
 
 
-def _serve(loop: BatchLoop, inbox: BlockingReader, send: Callable[[FromEngine], None]) -> None:
+def _serve(
+    loop: BatchLoop | ReplicatedLoop,
+    inbox: BlockingReader,
+    send: Callable[[FromEngine], None],
+    idle_wait: float | None = None,
+) -> None:
+    """Serve until the inbox closes. An idle loop sleeps until a message comes, or `idle_wait` seconds (tensor
+    parallel: the other ranks must hear from rank 0 within their collectives' timeout)."""
     reported = (0, 0)
     while True:
         arrived = _take_messages(loop, inbox, send, 0.0)  # what came in during the last step
@@ -185,9 +242,11 @@ def _serve(loop: BatchLoop, inbox: BlockingReader, send: Callable[[FromEngine], 
             while (left := deadline - time.monotonic()) > 0 and inbox.poll(min(QUIET_S, left)):
                 _take_messages(loop, inbox, send, 0.0)
         elif loop.idle and (loop.waiting, loop.running) == reported:
-            _take_messages(loop, inbox, send, None)  # nothing to do or to report: sleep until a request comes
+            _take_messages(loop, inbox, send, idle_wait)  # nothing to do or to report: sleep until a request comes
         try:
             outputs = loop.step()
+        except TensorParallelError:
+            raise  # the ranks are out of step: nothing left to serve with
         except Exception as error:
             # A step that raises (out of memory, a kernel error) leaves the batch in an unknown state: fail the
             # requests in it, log why, and keep serving new ones rather than taking the whole server down.
@@ -217,7 +276,7 @@ def _serve(loop: BatchLoop, inbox: BlockingReader, send: Callable[[FromEngine], 
 
 
 def _take_messages(
-    loop: BatchLoop, inbox: BlockingReader, send: Callable[[FromEngine], None], timeout: float | None
+    loop: BatchLoop | ReplicatedLoop, inbox: BlockingReader, send: Callable[[FromEngine], None], timeout: float | None
 ) -> int:
     """Handle every message that is ready (waiting up to timeout for the first); return how many were adds."""
     added = 0

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,25 @@ class LoadedWeights:
     context_length: int
     eos_token_ids: set[int]
     description: str
+
+
+def check_split(spec: WeightsSpec, device: str) -> None:
+    """Whether the model can be split `spec.tensor_parallel_size` ways here; ModelLoadError saying why not."""
+    size = spec.tensor_parallel_size
+    flag = f"--tensor-parallel-size {size} (TENSOR_PARALLEL_SIZE)"
+    if (Path(spec.directory) / RANDOM_WEIGHTS_MARKER).exists():
+        raise ModelLoadError(f"{flag}: a built-in random shape draws its weights per process and cannot be split")
+    config = json.loads((Path(spec.directory) / "config.json").read_text())
+    heads = int(config.get("num_attention_heads", 0))
+    kv_heads = int(config.get("num_key_value_heads") or heads)
+    if heads % size or kv_heads % size:
+        raise ModelLoadError(
+            f"{flag}: the model has {heads} attention heads and {kv_heads} key/value heads; the size must divide both"
+        )
+    available = torch.cuda.device_count() if device == "cuda" else hardware.cpu_count()
+    if size > available:
+        where = "GPUs are visible" if device == "cuda" else "CPU cores are available"
+        raise ModelLoadError(f"{flag}: only {available} {where}")
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -60,6 +80,8 @@ def load_weights(spec: WeightsSpec, progress: Progress) -> LoadedWeights:
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "sdpa"}
     if spec.dtype == "fp8":
         kwargs["quantization_config"] = FineGrainedFP8Config()
+    if spec.tensor_parallel_size > 1:
+        kwargs["tp_plan"] = "auto"  # each rank loads its own shard (app.engine.tensor_parallel)
     try:
         if (Path(spec.directory) / RANDOM_WEIGHTS_MARKER).exists():
             model = _random_model(spec.directory, device, dtype)

@@ -33,6 +33,7 @@ class WeightsSpec:
     dtype: str
     device: str
     max_model_len: int
+    tensor_parallel_size: int = 1
 
 
 def resolve_source(model: str | None, progress: Progress) -> Path:

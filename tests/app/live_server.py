@@ -110,6 +110,16 @@ def stop(server: LiveServer, timeout: float = 60) -> int:
     return server.process.returncode
 
 
+def rank_pids(engine: int) -> list[int]:
+    """The tensor-parallel ranks 1..N-1 an engine process started (app.engine.rank)."""
+    pids = []
+    for task in Path(f"/proc/{engine}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            if b"app.engine.rank" in Path(f"/proc/{child}/cmdline").read_bytes():
+                pids.append(int(child))
+    return pids
+
+
 def engine_pids(server: LiveServer) -> list[int]:
     """The engine process(es) the server spawned (multiprocessing's resource tracker is left out). Children are
     listed per thread in /proc, and the engine is spawned from the model-loader thread."""

@@ -17,7 +17,16 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from app.metrics import METRICS, PROMPT_TOKENS
-from tests.app.live_server import LONG_PLAIN, LONG_STREAM, MODEL, LiveServer, chat, client, until_first_text
+from tests.app.live_server import (
+    LONG_PLAIN,
+    LONG_STREAM,
+    MODEL,
+    LiveServer,
+    chat,
+    client,
+    engine_pids,
+    until_first_text,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -407,9 +416,8 @@ def test_only_the_engine_process_loads_torch(server: LiveServer) -> None:
     def maps_torch(pid: int) -> bool:
         return "libtorch_cpu" in Path(f"/proc/{pid}/maps").read_text()
 
-    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()
     assert not maps_torch(server.process.pid)
-    assert [pid for pid in map(int, children) if maps_torch(pid)], "no engine process with torch loaded"
+    assert [pid for pid in engine_pids(server) if maps_torch(pid)], "no engine process with torch loaded"
 
 
 def test_one_json_log_line_per_request(server: LiveServer) -> None:

@@ -132,6 +132,8 @@ INVALID_ENV = [
     ("MAX_BATCH_SIZE", "abc"),
     ("MAX_BATCH_SIZE", "0"),
     ("MAX_BATCH_SIZE", "2.5"),
+    ("TENSOR_PARALLEL_SIZE", "0"),
+    ("TENSOR_PARALLEL_SIZE", "two"),
     ("SERVER_PORT", "70000"),
     ("SERVER_PORT", "0"),
     ("DTYPE", "fp4"),
@@ -251,3 +253,9 @@ def test_invalid_flag_exits_2_with_one_line_and_no_traceback() -> None:
     assert "MAX_BATCH_SIZE" in lines[0]
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+def test_tensor_parallel_size_from_flag_or_environment() -> None:
+    assert load_settings([], {}).tensor_parallel_size == 1
+    assert load_settings([], {"TENSOR_PARALLEL_SIZE": "8"}).tensor_parallel_size == 8
+    assert load_settings(["--tensor-parallel-size", "2"], {"TENSOR_PARALLEL_SIZE": "8"}).tensor_parallel_size == 2

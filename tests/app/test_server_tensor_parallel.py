@@ -1,0 +1,119 @@
+"""Tensor parallelism on a CPU (app/engine/tensor_parallel.py): the built-in model split over two ranks (gloo), as a
+user runs it, `python -m app --tensor-parallel-size 2`, against the same requests on one rank."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+
+from tests.app.live_server import (
+    LONG_STREAM,
+    MODEL,
+    LiveServer,
+    chat,
+    client,
+    engine_pids,
+    rank_pids,
+    running,
+    start,
+    stop,
+    until,
+    until_first_text,
+    wait_ready,
+)
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = ["Hello", "Tell me a long story about a dragon and the village it guarded", "1 2 3 4"]
+
+
+@pytest.fixture(scope="module")
+def split(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    with running(["--tensor-parallel-size", "2"], model_cache, tmp_path_factory.mktemp("tp") / "log") as live:
+        yield live
+
+
+def answers(server: LiveServer, stream: bool = False) -> list[str]:
+    api = client(server)
+    found = []
+    for prompt in PROMPTS:
+        messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": prompt}]
+        if stream:
+            chunks = api.chat.completions.create(
+                model=MODEL, messages=messages, max_tokens=24, temperature=0, stream=True
+            )
+            found.append("".join(c.choices[0].delta.content or "" for c in chunks if c.choices))
+        else:
+            reply = api.chat.completions.create(model=MODEL, messages=messages, max_tokens=24, temperature=0)
+            found.append(reply.choices[0].message.content or "")
+    return found
+
+
+def test_two_ranks_give_the_tokens_one_gives(server: LiveServer, split: LiveServer) -> None:
+    assert answers(split) == answers(server)
+    assert answers(split, stream=True) == answers(server)
+    [engine] = engine_pids(split)
+    assert len(rank_pids(engine)) == 1  # rank 1, beside the engine process (rank 0)
+
+
+def test_seeded_choices_agree_across_ranks(server: LiveServer, split: LiveServer) -> None:
+    def sampled(target: LiveServer) -> list[str]:
+        reply = client(target).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=16, n=3, seed=11
+        )
+        return [choice.message.content or "" for choice in reply.choices]
+
+    assert sampled(split) == sampled(server)
+
+
+def test_a_cancelled_stream_leaves_the_ranks_serving(split: LiveServer) -> None:
+    with httpx.stream("POST", f"{split.base_url}/v1/chat/completions", json=LONG_STREAM, timeout=60) as response:
+        until_first_text(response.iter_lines())
+    split.wait_for_metric("deepseek_num_requests_running", 0, timeout=10)
+    assert chat(split).status_code == 200
+
+
+def test_sigterm_drains_and_leaves_no_rank_behind(model_cache: Path, tmp_path: Path) -> None:
+    server = start(["--tensor-parallel-size", "2"], model_cache, tmp_path / "log")
+    try:
+        wait_ready(server)
+        [engine] = engine_pids(server)
+        ranks = rank_pids(engine)
+        assert chat(server).status_code == 200
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=60) == 0
+    finally:
+        stop(server)
+    assert ranks and not [pid for pid in [engine, *ranks] if Path(f"/proc/{pid}").exists()]
+    assert "Traceback" not in server.logs()
+
+
+def test_a_rank_that_dies_takes_the_engine_down_cleanly(model_cache: Path, tmp_path: Path) -> None:
+    with running(["--tensor-parallel-size", "2"], model_cache, tmp_path / "log") as server:
+        [engine] = engine_pids(server)
+        [rank] = rank_pids(engine)
+        with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=LONG_STREAM, timeout=60) as response:
+            lines = response.iter_lines()
+            until_first_text(lines)
+            os.kill(rank, signal.SIGKILL)
+            rest = [line for line in lines if line]
+        assert rest[-1] == "data: [DONE]"
+        assert json.loads(rest[-2][6:])["error"]["code"] == "engine_error"
+        until(lambda: httpx.get(f"{server.base_url}/healthz").status_code == 503, 30, "503 from /healthz")
+        assert not Path(f"/proc/{engine}").exists() or b"zombie" in Path(f"/proc/{engine}/status").read_bytes()
+    assert "tensor-parallel rank 1 exited" in server.logs() or "tensor-parallel step failed" in server.logs()
+
+
+def test_a_size_the_model_cannot_be_split_by_is_refused_in_one_line(model_cache: Path, tmp_path: Path) -> None:
+    server = start(["--tensor-parallel-size", "3"], model_cache, tmp_path / "log")
+    assert server.process.wait(timeout=60) == 1
+    logs = server.logs()
+    assert "--tensor-parallel-size 3 (TENSOR_PARALLEL_SIZE): the model has 4 attention heads and 2 key/value" in logs
+    assert "Traceback" not in logs
