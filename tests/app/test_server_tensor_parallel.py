@@ -63,6 +63,56 @@ def test_two_ranks_give_the_tokens_one_gives(server: LiveServer, split: LiveServ
     assert len(rank_pids(engine)) == 1  # rank 1, beside the engine process (rank 0)
 
 
+@pytest.fixture(scope="module")
+def deepseek_v3(builtin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DeepSeek-V3 checkpoint at toy size (multi-head latent attention, shared and routed experts), with seeded
+    weights and the built-in model's DeepSeek tokenizer and template: loaded as any checkpoint directory is."""
+    import shutil
+
+    import torch
+    from transformers import DeepseekV3ForCausalLM, GenerationConfig
+
+    from tests.app.engine.loop_helpers import tiny_deepseek_v3
+
+    directory = tmp_path_factory.mktemp("deepseek-v3-tiny")
+    model = tiny_deepseek_v3(vocab_size=129280)
+    assert isinstance(model, DeepseekV3ForCausalLM)
+    model.to(torch.bfloat16).save_pretrained(directory)  # type: ignore[arg-type]
+    GenerationConfig(bos_token_id=0, eos_token_id=1).save_pretrained(directory)  # type: ignore[no-untyped-call]
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(builtin_dir / name, directory / name)
+    return directory
+
+
+def test_a_deepseek_v3_shape_gives_the_same_tokens_on_two_ranks(
+    deepseek_v3: Path, model_cache: Path, tmp_path: Path
+) -> None:
+    found = []
+    for size in ("1", "2"):
+        flags = ["--model", str(deepseek_v3), "--tensor-parallel-size", size, "--max-model-len", "512"]
+        with running(flags, model_cache, tmp_path / size) as live:
+            api = client(live)
+            replies = [
+                api.chat.completions.create(
+                    model=str(deepseek_v3), messages=[{"role": "user", "content": p}], max_tokens=16, temperature=0
+                )
+                .choices[0]
+                .message.content
+                for p in PROMPTS
+            ]
+            streamed = api.chat.completions.create(
+                model=str(deepseek_v3),
+                messages=[{"role": "user", "content": PROMPTS[0]}],
+                max_tokens=16,
+                temperature=0,
+                stream=True,
+            )
+            replies.append("".join(c.choices[0].delta.content or "" for c in streamed if c.choices))
+            found.append(replies)
+    assert found[0] == found[1]
+    assert found[0][0] == found[0][-1]  # streamed as answered whole
+
+
 def test_seeded_choices_agree_across_ranks(server: LiveServer, split: LiveServer) -> None:
     def sampled(target: LiveServer) -> list[str]:
         reply = client(target).chat.completions.create(

@@ -53,11 +53,11 @@ class Driver:
         return [o.finish for o in self.outputs[request_id]]
 
 
-def tiny_deepseek_v3() -> DeepseekV3ForCausalLM:
+def tiny_deepseek_v3(vocab_size: int = 1000) -> DeepseekV3ForCausalLM:
     """DeepSeek-V3's architecture at toy size: multi-head latent attention, shared and routed experts (top 2 of 4)."""
     torch.manual_seed(0)
     config = DeepseekV3Config(
-        vocab_size=1000,
+        vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=128,
         moe_intermediate_size=32,
