@@ -432,6 +432,14 @@ class InferenceConfig(ConfigSection):
         "digest. Required with `clusterSource: existing`.",
     )
     gpu_count: int = Field(1, ge=1, le=8, description="GPUs per pod; every GPU pool's instance type must have as many.")
+    tensor_parallel_size: int | None = Field(
+        None,
+        ge=1,
+        le=8,
+        description="GPUs the model is split across by tensor parallelism (the server's `--tensor-parallel-size`), at "
+        "most `gpuCount`. Unset: `gpuCount`, so every GPU of the pod serves. The server refuses a size that does not "
+        "divide the model's attention heads.",
+    )
     require_api_keys: bool = Field(
         False, description="Refuse to deploy without the `apiKeys` secret (set it true for production stacks)."
     )
@@ -452,6 +460,19 @@ class InferenceConfig(ConfigSection):
     @classmethod
     def _names(cls, value: str) -> str:
         return _dns_label(value)
+
+    @model_validator(mode="after")
+    def _ranks_fit_the_pod(self) -> InferenceConfig:
+        if self.tensor_parallel_size is not None and self.tensor_parallel_size > self.gpu_count:
+            raise ValueError(
+                f"tensorParallelSize {self.tensor_parallel_size} needs as many GPUs, and gpuCount is {self.gpu_count}"
+            )
+        return self
+
+    @property
+    def ranks(self) -> int:
+        """Tensor-parallel ranks per pod: one per GPU unless set lower."""
+        return self.tensor_parallel_size or self.gpu_count
 
     @field_validator("image")
     @classmethod

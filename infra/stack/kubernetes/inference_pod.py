@@ -43,6 +43,7 @@ class ServerPodArgs:
     model_cache: ModelCacheConfig
     scheduling: SchedulingConfig
     lifecycle: LifecycleConfig
+    tensor_parallel_size: int = 1  # ranks the server splits the model across (inference.ranks)
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,13 @@ def _security_context() -> k8s.core.v1.SecurityContextArgs:
     )
 
 
-def _environment(model: ModelConfig, lifecycle: LifecycleConfig, names: PodNames) -> list[k8s.core.v1.EnvVarArgs]:
+# NCCL between the ranks of one pod: NVLink/NVSwitch within the node, found by NCCL itself; warnings and errors
+# go to the log. EFA stays off: it only matters between nodes, and one model spans one node here (README).
+NCCL_ENVIRONMENT = {"NCCL_DEBUG": "WARN"}
+
+
+def environment(pod: ServerPodArgs, names: PodNames) -> list[k8s.core.v1.EnvVarArgs]:
+    model, lifecycle = pod.model, pod.lifecycle
     if model.source == "s3":
         served_name = model.served_model_name or (model.s3_uri or "").rstrip("/").rsplit("/", 1)[-1]
         values: dict[str, str | int | None] = {"MODEL": S3_WEIGHTS_PATH, "SERVED_MODEL_NAME": served_name}
@@ -164,9 +171,12 @@ def _environment(model: ModelConfig, lifecycle: LifecycleConfig, names: PodNames
         "MAX_QUEUE": model.max_queue,
         "MAX_MODEL_LEN": model.max_model_len,
         "DRAIN_TIMEOUT": lifecycle.drain_timeout_seconds,
+        "TENSOR_PARALLEL_SIZE": pod.tensor_parallel_size,
         "HF_HOME": MODEL_CACHE_PATH,
         "HOME": "/tmp",
     }
+    if pod.tensor_parallel_size > 1:
+        values |= NCCL_ENVIRONMENT
     env = [k8s.core.v1.EnvVarArgs(name=key, value=str(value)) for key, value in values.items() if value is not None]
     if names.api_keys_secret is not None:
         env.append(
@@ -194,7 +204,7 @@ def _server(pod: ServerPodArgs, image: pulumi.Input[str], names: PodNames) -> k8
         image_pull_policy="Always",
         command=["python", "-m", "app"],
         ports=[k8s.core.v1.ContainerPortArgs(name="http", container_port=SERVER_PORT, protocol="TCP")],
-        env=_environment(pod.model, pod.lifecycle, names),
+        env=environment(pod, names),
         resources=k8s.core.v1.ResourceRequirementsArgs(
             requests={"cpu": resources.cpu_request, "memory": resources.memory_request, GPU_RESOURCE: gpus},
             limits={"cpu": resources.cpu_limit, "memory": resources.memory_limit, GPU_RESOURCE: gpus},

@@ -94,6 +94,7 @@ def deploy_kubernetes_layer(
             image_by_digest=spec.image is None or "@" in spec.image,
             pod=ServerPodArgs(
                 gpu_count=spec.gpu_count,
+                tensor_parallel_size=spec.ranks,
                 model=spec.model,
                 resources=spec.resources,
                 model_cache=spec.model_cache,

@@ -203,3 +203,11 @@ def test_a_fraction_set_with_pulumi_config_path_is_read_as_a_number(load_config:
 def test_an_arn_with_a_trailing_newline_is_refused(load_config: Any) -> None:
     cluster = section("dev", "cluster") | {"viewers": ["arn:aws:iam::123456789012:role/ci-preview\n"]}
     assert "is not an IAM role or user ARN" in refused(load_config, {"cluster": cluster})
+
+
+def test_tensor_parallel_size_above_the_pods_gpus_is_refused(load_config: Any) -> None:
+    inference = section("dev", "inference")
+    inference["tensorParallelSize"] = 2
+    message = refused(load_config, {"inference": inference})
+    assert message.startswith(f"config key '{NS}:inference'")
+    assert "tensorParallelSize 2 needs as many GPUs, and gpuCount is 1" in message

@@ -316,3 +316,35 @@ def test_prod_stack_sizes(objects: Objects, prod_run: ProgramRun) -> None:
     assert one(objects, prod_run, "ResourceQuota")["spec"]["hard"]["requests.nvidia.com/gpu"] == "13"
     assert server(objects, prod_run)["resources"]["limits"]["memory"] == "48Gi"
     assert any(env["name"] == "API_KEYS" for env in server(objects, prod_run)["env"])
+
+
+def test_the_server_is_told_its_tensor_parallel_size_and_every_variable_is_a_server_setting(
+    objects: Objects, dev_run: ProgramRun
+) -> None:
+    """The pod's environment is read by app.settings: each name the stack sets is one of its options (beside the
+    process's own HF_HOME, HOME and NCCL's), and one GPU per pod means one rank, without NCCL settings."""
+    from app.settings import OPTIONS
+
+    env = {item["name"]: item.get("value") for item in server(objects, dev_run)["env"]}
+    assert env["TENSOR_PARALLEL_SIZE"] == "1"
+    assert not [name for name in env if name.startswith("NCCL_")]
+    known = {option.env for option in OPTIONS} | {"HF_HOME", "HOME"}
+    assert set(env) - known == set()
+
+
+def test_several_gpus_make_as_many_ranks_with_nccl_settings() -> None:
+    from stack.kubernetes.inference_pod import NCCL_ENVIRONMENT, PodNames, ServerPodArgs, environment
+
+    for config, ranks in ((InferenceConfig(gpu_count=8), 8), (InferenceConfig(gpu_count=8, tensor_parallel_size=4), 4)):
+        pod = ServerPodArgs(
+            config.gpu_count,
+            config.model,
+            config.resources,
+            config.model_cache,
+            config.scheduling,
+            config.lifecycle,
+            tensor_parallel_size=config.ranks,
+        )
+        env = {item.name: item.value for item in environment(pod, PodNames("sa", "pc", None))}
+        assert env["TENSOR_PARALLEL_SIZE"] == str(ranks)
+        assert NCCL_ENVIRONMENT.items() <= env.items()
