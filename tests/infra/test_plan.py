@@ -20,7 +20,7 @@ from stack.testing.harness import stack_settings
 TOOLS = REPO_ROOT / ".venv-tools" / "bin"
 CRD_CHECKER = REPO_ROOT / "tests" / "infra" / "kubernetes" / "crd_validate.py"
 CRD_SCHEMAS = REPO_ROOT / "tests" / "infra" / "kubernetes" / "crd_schemas"
-STACKS = ["dev", "prod"]
+STACKS = ["dev", "prod", "r1-full", "r1-distill-70b"]  # the last two: example stacks (README)
 # kubernetes-validate's schemas go up to 1.37; a stack without cluster.version (an existing cluster) is checked
 # against this one.
 DEFAULT_KUBERNETES_VERSION = versions.DEFAULT_KUBERNETES_VERSION

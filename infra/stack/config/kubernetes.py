@@ -233,8 +233,10 @@ class ModelConfig(ConfigSection):
         description="The model name clients put in requests (`SERVED_MODEL_NAME`). Unset: the model id, or the "
         "last part of the S3 path.",
     )
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "bfloat16", description="Weight and compute dtype (`DTYPE`)."
+    dtype: Literal["auto", "bfloat16", "float16", "float32", "fp8"] = Field(
+        "bfloat16",
+        description="Weight and compute dtype (`DTYPE`). `fp8`: DeepSeek-V3/R1's own block-quantized FP8 weights as "
+        "they ship, or a bf16 checkpoint quantized on load; Ada or Hopper GPUs (L40S, L4, H100, H200).",
     )
     max_model_len: Annotated[int, Field(ge=1)] | None = Field(
         None, description="Longest prompt plus completion in tokens (`MAX_MODEL_LEN`). Unset: the server's default."
