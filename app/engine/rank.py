@@ -37,8 +37,9 @@ def main() -> int:
     try:
         tensor_parallel.join_group(rank, spec.weights.tensor_parallel_size, init_method, device)
         weights = load_weights(spec.weights, lambda text: None)
-        kv_cache_tokens = tensor_parallel.broadcast()  # rank 0's: every rank's pool has the same blocks
-        loop = worker.build_loop(spec, weights, lambda message: None, kv_cache_tokens=kv_cache_tokens)
+        tensor_parallel.check_split(weights.model, spec.weights.tensor_parallel_size)
+        budget = tensor_parallel.broadcast()  # rank 0's: every rank's pool has the same blocks
+        loop = worker.build_loop(spec, weights, lambda message: None, budget)
         tensor_parallel.follow(loop)
     except Exception:
         logger.exception(f"tensor-parallel rank {rank} failed", extra={"event": "rank_failed"})

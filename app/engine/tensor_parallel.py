@@ -21,6 +21,7 @@ import os
 import secrets
 import socket
 import subprocess
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -33,7 +34,10 @@ from app.engine.types import SamplingParams
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_S = 5.0  # an idle rank 0 steps (with nothing to do) this often, keeping the followers' waits short
-COLLECTIVE_TIMEOUT = timedelta(seconds=120)  # a rank that hears nothing for this long takes itself down
+# A rank that hears nothing for this long takes itself down. As long as a large model's load may take on one rank
+# more than another (the stack's startup budget goes up to 2 h); a rank that dies is seen sooner, by rank 0 before
+# each step, and by gloo and NCCL when a peer's connection closes.
+COLLECTIVE_TIMEOUT = timedelta(hours=2)
 
 
 class TensorParallelError(Exception):
@@ -48,7 +52,9 @@ def free_init_method() -> str:
 
 def join_group(rank: int, world_size: int, init_method: str, device: str) -> None:
     """Join the ranks' process group (blocks until all N have joined)."""
-    os.environ["LOCAL_RANK"] = str(rank)  # transformers places a rank's shard on its own GPU by this
+    # transformers' tp_plan reads the group's size and this rank's place from these (without WORLD_SIZE it
+    # quietly loads the whole model on every rank)
+    os.environ.update(WORLD_SIZE=str(world_size), RANK=str(rank), LOCAL_RANK=str(rank))
     if device == "cuda":
         torch.cuda.set_device(rank)
     backend = "nccl" if device == "cuda" else "gloo"
@@ -95,6 +101,10 @@ class ReplicatedLoop:
         self._changes.append(("reset",))
         return self._loop.reset()
 
+    def restart_counters(self) -> None:  # after the warm-up: its cached blocks go on every rank
+        self._changes.append(("restart",))
+        self._loop.restart_counters()
+
     def step(self) -> list[StepOutput]:
         gone = [str(rank) for rank, process in enumerate(self._followers, 1) if process.poll() is not None]
         if gone:
@@ -115,14 +125,22 @@ class ReplicatedLoop:
         stop_ranks(self._followers)
 
 
-def stop_ranks(followers: list[subprocess.Popen[bytes]]) -> None:
-    """Wait for the other ranks to exit, killing any that do not within a few seconds."""
+def stop_ranks(followers: list[subprocess.Popen[bytes]], grace_s: float = 10.0) -> None:
+    """Wait for the other ranks to exit, all within one grace period, then kill any left."""
+    deadline = time.monotonic() + grace_s
     for process in followers:
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def check_split(model: Any, ranks: int) -> None:
+    """The loaded model is split `ranks` ways (transformers falls back to a whole copy per rank quietly)."""
+    split = int(getattr(model, "tp_size", None) or 1)
+    if split != ranks:
+        raise RuntimeError(f"the model was loaded split {split} ways, not {ranks}: tensor parallelism is not in effect")
 
 
 def follow(loop: BatchLoop) -> None:
@@ -136,6 +154,8 @@ def follow(loop: BatchLoop) -> None:
                     loop.cancel(request_id)
                 case ("reset",):
                     loop.reset()
+                case ("restart",):
+                    loop.restart_counters()
                 case ("stop",):
                     return
         loop.step()

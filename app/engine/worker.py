@@ -89,19 +89,25 @@ def run_worker(inbox: Connection, outbox: Connection, spec: WorkerSpec) -> None:
         try:
             followers = start_ranks(spec)
             weights = load_weights(spec.weights, lambda text: send(Progress(text)))
-            built = build_loop(spec, weights, send)
-            loop: BatchLoop | ReplicatedLoop = built
+            budget = kv_cache_bytes(spec.kv_cache, weights.model.device)
+            if followers:
+                tensor_parallel.check_split(weights.model, len(followers) + 1)
+                # Every rank's pool must have the same blocks, and building a loop runs a forward pass (with the
+                # ranks' all-reduces): the budget goes out first, then all ranks build theirs together.
+                budget = tensor_parallel.broadcast(
+                    budget // (len(followers) + 1) if _shares_memory(weights) else budget
+                )
+            built = build_loop(spec, weights, send, budget)
+            loop: BatchLoop | ReplicatedLoop = ReplicatedLoop(built, followers) if followers else built
             send(Progress(_describe_kv(loop)))
+            if followers:
+                send(Progress(f"tensor parallel: {len(followers) + 1} ranks"))
             if loop.kv_cache_tokens < spec.weights.max_model_len:
                 raise ModelLoadError(
                     f"the KV cache holds {loop.kv_cache_tokens} tokens, fewer than one request of --max-model-len "
                     f"{spec.weights.max_model_len} may need: raise --kv-cache-memory (or --kv-cache-memory-fraction) "
                     "or lower --max-model-len"
                 )
-            if followers:
-                tensor_parallel.broadcast(loop.kv_cache_tokens)
-                loop = ReplicatedLoop(built, followers)
-                send(Progress(f"tensor parallel: {len(followers) + 1} ranks"))
             _warm_up(loop, spec.max_batch_size, chunk_tokens(spec.prefill_chunk_tokens, weights.model.device.type))
         except ModelLoadError as error:
             send(Failed(str(error)))
@@ -146,25 +152,27 @@ def start_ranks(spec: WorkerSpec) -> list[subprocess.Popen[bytes]]:
 
 
 def build_loop(
-    spec: WorkerSpec, weights: LoadedWeights, send: Callable[[FromEngine], None], kv_cache_tokens: int | None = None
+    spec: WorkerSpec, weights: LoadedWeights, send: Callable[[FromEngine], None], kv_cache_budget: int
 ) -> BatchLoop:
-    """The batch loop over the loaded weights, as every rank builds it (the others with rank 0's cache size)."""
+    """The batch loop over the loaded weights, as every rank builds it, with a KV cache of `kv_cache_budget` bytes."""
     device_type = weights.model.device.type
     ranks = spec.weights.tensor_parallel_size
-    cpu_ranks = ranks if device_type == "cpu" else 1
     return BatchLoop(
         weights.model,
         weights.eos_token_ids,
         spec.max_batch_size,
         cpu_threads=cpu_threads(ranks) if device_type == "cpu" else None,
         prefill_chunk_tokens=chunk_tokens(spec.prefill_chunk_tokens, device_type),
-        kv_cache_tokens=kv_cache_tokens,
-        # On a CPU the ranks share one machine's memory: each takes its share of the budget.
-        kv_cache_bytes=None if kv_cache_tokens else kv_cache_bytes(spec.kv_cache, weights.model.device) // cpu_ranks,
+        kv_cache_bytes=kv_cache_budget,
         prefix_caching=spec.kv_cache.prefix_caching,
         block_size=spec.kv_cache.block_size,
         grammars=structured_outputs(spec.weights.directory, weights.model, weights.eos_token_ids, send),
     )
+
+
+def _shares_memory(weights: LoadedWeights) -> bool:
+    """Ranks on a CPU share one machine's memory (each takes its share of the budget); GPUs have their own."""
+    return bool(weights.model.device.type == "cpu")
 
 
 def structured_outputs(

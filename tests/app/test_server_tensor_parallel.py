@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,6 +62,15 @@ def test_two_ranks_give_the_tokens_one_gives(server: LiveServer, split: LiveServ
     assert answers(split, stream=True) == answers(server)
     [engine] = engine_pids(split)
     assert len(rank_pids(engine)) == 1  # rank 1, beside the engine process (rank 0)
+
+    # Really split, not a whole copy per rank: each rank caches half the key/value heads.
+    def bytes_a_token(target: LiveServer) -> int:
+        found = re.search(r"(\d+) bytes a token", target.logs())
+        assert found is not None
+        return int(found[1])
+
+    assert "tensor parallel: 2 ranks" in split.logs()
+    assert bytes_a_token(split) * 2 == bytes_a_token(server)
 
 
 @pytest.fixture(scope="module")

@@ -55,3 +55,18 @@ def test_a_random_benchmark_shape_cannot_be_split(tmp_path: Path) -> None:
     (tmp_path / RANDOM_WEIGHTS_MARKER).write_text("{}")
     with pytest.raises(ModelLoadError, match="cannot be split"):
         check_split(spec, "cpu")
+
+
+def test_a_model_loaded_whole_on_a_rank_is_refused() -> None:
+    """transformers loads a whole copy per rank when it does not see the group's size: that is caught, not served."""
+    from app.engine import tensor_parallel
+
+    class Whole:
+        tp_size = None
+
+    class Halved:
+        tp_size = 2
+
+    tensor_parallel.check_split(Halved(), 2)
+    with pytest.raises(RuntimeError, match="split 1 ways, not 2"):
+        tensor_parallel.check_split(Whole(), 2)
