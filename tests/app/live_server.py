@@ -110,25 +110,25 @@ def stop(server: LiveServer, timeout: float = 60) -> int:
     return server.process.returncode
 
 
+def _children(pid: int, marker: bytes) -> list[int]:
+    """The processes `pid` started whose command line holds `marker` (children are listed per thread in /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            if marker in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(int(child))
+    return found
+
+
 def rank_pids(engine: int) -> list[int]:
     """The tensor-parallel ranks 1..N-1 an engine process started (app.engine.rank)."""
-    pids = []
-    for task in Path(f"/proc/{engine}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            if b"app.engine.rank" in Path(f"/proc/{child}/cmdline").read_bytes():
-                pids.append(int(child))
-    return pids
+    return _children(engine, b"app.engine.rank")
 
 
 def engine_pids(server: LiveServer) -> list[int]:
-    """The engine process(es) the server spawned (multiprocessing's resource tracker is left out). Children are
-    listed per thread in /proc, and the engine is spawned from the model-loader thread."""
-    pids = []
-    for task in Path(f"/proc/{server.process.pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-                pids.append(int(child))
-    return pids
+    """The engine process(es) the server spawned (multiprocessing's resource tracker is left out); it is spawned
+    from the model-loader thread."""
+    return _children(server.process.pid, b"spawn_main")
 
 
 @contextmanager
