@@ -168,7 +168,25 @@ def prepare_like_an_existing_cluster(cluster: Cluster, nodes: list[dict[str, Any
     cluster.apply(nodes)
     cluster.apply(monitoring_crds())
     _wait_until_established(cluster)
+    _wait_until_ready(cluster, {node["metadata"]["name"] for node in nodes})
     cluster.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "monitoring"}}])
+
+
+def _wait_until_ready(cluster: Cluster, names: set[str], seconds: float = 60) -> None:
+    """Every node Ready, as kwok marks them a moment after they are created: a pod scheduled before then skips the
+    nodes that are not, and lands on a pool it would not prefer (once seen: a prod pod on spot)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        ready = {
+            node["metadata"]["name"]
+            for node in cluster.get("nodes")["items"]
+            if any(c.get("type") == "Ready" and c.get("status") == "True" for c in node["status"].get("conditions", []))
+        }
+        if names <= ready:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"nodes not Ready after {seconds} s: {sorted(names - ready)}")
+        time.sleep(0.2)
 
 
 def _wait_until_established(cluster: Cluster, seconds: float = 60) -> None:
