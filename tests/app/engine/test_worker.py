@@ -361,9 +361,13 @@ def test_a_failing_step_ends_only_its_batch_and_the_engine_serves_the_next(pipes
 
 
 class RefusingLoop(RecordingLoop):
+    """Refuses request 2 when it is added, with `refusal`."""
+
+    refusal: Exception = ValueError("seed out of range")
+
     def add(self, request_id: int, prompt: list[int], params: SamplingParams) -> None:
         if request_id == 2:
-            raise ValueError("seed out of range")
+            raise self.refusal
         super().add(request_id, prompt, params)
 
 
@@ -381,13 +385,10 @@ def test_a_request_the_loop_cannot_take_fails_alone(pipes: tuple[int, int, int, 
     assert served == [1, 3]
 
 
-class GrammarLoop(RecordingLoop):
+class GrammarLoop(RefusingLoop):
     """Refuses request 2's grammar when it is added; ends request 3 with an error of its own at its first step."""
 
-    def add(self, request_id: int, prompt: list[int], params: SamplingParams) -> None:
-        if request_id == 2:
-            raise GrammarError("the JSON schema could not be compiled: Unsupported type")
-        super().add(request_id, prompt, params)
+    refusal = GrammarError("the JSON schema could not be compiled: Unsupported type")
 
     def step(self) -> list[StepOutput]:
         outputs = super().step()
