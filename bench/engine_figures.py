@@ -3,6 +3,7 @@ others stream.
 
     python -m bench.engine_figures                     # a local server on the built-in model
     python -m bench.engine_figures --base-url URL      # a running endpoint
+    python -m bench.engine_figures --figure prefix --server-arg=--model=builtin:qwen2-1.5b   # one figure, a real shape
 
 Each figure is a ratio (or a time) measured in one run, printed with the hardware it ran on:
 - long prompt: TTFT of a lone ~1,300-token prompt on an idle server (median of 3, each prompt new).
@@ -164,22 +165,33 @@ def kv_tokens_held(text: str) -> float:
     return float(usage[1]) * int(labels["num_blocks"]) * int(labels["block_size"])
 
 
-async def run(base_url: str, api_key: str | None, model: str | None) -> None:
+FIGURES = ("long", "prefix", "joiner", "stall", "memory")
+
+
+async def run(base_url: str, api_key: str | None, model: str | None, chosen: tuple[str, ...] = FIGURES) -> None:
     if model is None:
         listing = await Connection(base_url, api_key).get_json("/v1/models")
         assert isinstance(listing, dict)
         model = str(listing["data"][0]["id"])
     figures = Figures(base_url, api_key, model)
     await figures._one("warm up", 4)
-    long_ttft, long_tokens = await figures.long_prompt()
-    print(f"long prompt   lone TTFT of a {long_tokens}-token prompt: {long_ttft:.2f} s (target ≤ 0.4 s)", flush=True)
-    print(f"prefix        warm ÷ cold TTFT, ~1,500 tokens: {await figures.prefix():.2f} (target ≤ 0.2)", flush=True)
-    print(f"joiner        TTFT beside 12 long streams ÷ idle: {await figures.joiner():.2f} (target ≤ 3)", flush=True)
-    print(
-        f"stall         longest ÷ median token gap, 3,000-token arrival: {await figures.stall():.2f} (target ≤ 4)",
-        flush=True,
-    )
-    print(f"memory        KV held ÷ needed, one 3,000-token + 31 short: {await figures.memory():.2f} (target ≤ 1.25)")
+    if "long" in chosen:
+        long_ttft, long_tokens = await figures.long_prompt()
+        line = f"long prompt   lone TTFT of a {long_tokens}-token prompt: {long_ttft:.2f} s (target ≤ 0.4 s)"
+        print(line, flush=True)
+    if "prefix" in chosen:
+        print(f"prefix        warm ÷ cold TTFT, ~1,500 tokens: {await figures.prefix():.2f} (target ≤ 0.2)", flush=True)
+    if "joiner" in chosen:
+        joiner = await figures.joiner()
+        print(f"joiner        TTFT beside 12 long streams ÷ idle: {joiner:.2f} (target ≤ 3)", flush=True)
+    if "stall" in chosen:
+        print(
+            f"stall         longest ÷ median token gap, 3,000-token arrival: {await figures.stall():.2f} (target ≤ 4)",
+            flush=True,
+        )
+    if "memory" in chosen:
+        memory = await figures.memory()
+        print(f"memory        KV held ÷ needed, one 3,000-token + 31 short: {memory:.2f} (target ≤ 1.25)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,17 +200,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="bearer key (env OPENAI_API_KEY)")
     parser.add_argument("--model", help="model name (default: the first one /v1/models lists)")
     parser.add_argument("--server-arg", action="append", default=[], help="extra flag for the local server")
+    parser.add_argument(
+        "--figure", action="append", choices=FIGURES, help="measure only this figure (repeatable; default: all)"
+    )
     args = parser.parse_args(argv)
+    chosen = tuple(args.figure or FIGURES)
     if args.base_url:
         print(f"endpoint: {args.base_url} (its hardware is the server's; not known here)")
-        asyncio.run(run(args.base_url, args.api_key, args.model))
+        asyncio.run(run(args.base_url, args.api_key, args.model, chosen))
         return 0
     from app.model import hardware
 
     print(f"local server on the built-in model {' '.join(args.server_arg)}".rstrip())
     print(hardware.describe())
     with local_server(args.server_arg) as (base, _pid):
-        asyncio.run(run(base, None, None))
+        asyncio.run(run(base, None, None, chosen))
     return 0
 
 

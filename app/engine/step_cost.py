@@ -48,17 +48,23 @@ class StepCost:
     """The cost of new tokens at a depth of context, in units of one token's matrices (so a token at no context
     costs 1)."""
 
-    def __init__(self, break_even_context: float) -> None:
+    def __init__(self, break_even_context: float, flops_per_token: float = 0.0) -> None:
         if break_even_context <= 0:
             raise ValueError("the break-even context must be positive")
         self.break_even_context = break_even_context
+        self.flops_per_token = flops_per_token  # one token's matrices, the unit of tokens(): 0 when not known
 
     @classmethod
     def of(cls, model: Any, widths: list[int]) -> StepCost:
         per_key = attention_flops_per_key(widths)
         if per_key <= 0:
             raise ValueError("the probe pass saw no attention")
-        return cls(matrix_flops_per_token(model) / per_key)
+        per_token = matrix_flops_per_token(model)
+        return cls(per_token / per_key, per_token)
+
+    def flops(self, count: int, context: int) -> float:
+        """About the FLOPs of `count` new tokens after `context` cached ones."""
+        return self.tokens(count, context) * self.flops_per_token
 
     def tokens(self, count: int, context: int) -> float:
         """`count` new tokens after `context` cached ones (each attends over the context and the new tokens before

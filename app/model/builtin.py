@@ -49,9 +49,29 @@ TINY_CONFIG: dict[str, Any] = {
     "dtype": "bfloat16",
 }
 
-# Shapes for GPU benchmarks: config and tokenizer only, weights initialised at random in GPU memory by the engine
-# (`--model builtin:qwen2-7b`). Writing and reading 15 GB of random weights would only measure the disk.
+# Real models' shapes for benchmarks: config and tokenizer only, weights initialised at random in the device's
+# memory by the engine (`--model builtin:qwen2-7b`). Writing and reading 15 GB of random weights would only measure
+# the disk. qwen2-1.5b is DeepSeek-R1-Distill-Qwen-1.5B's shape, small enough for a CPU (3 GB in bf16): the built-in
+# model's figures are dominated by per-layer overheads that a real model's matrices dwarf.
 RANDOM_SHAPES: dict[str, dict[str, Any]] = {
+    "qwen2-1.5b": {
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "vocab_size": 151936,
+        "hidden_size": 1536,
+        "intermediate_size": 8960,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 131072,
+        "rope_theta": 10000.0,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False,
+        "bos_token_id": 0,
+        "eos_token_id": 1,
+        "hidden_act": "silu",
+        "dtype": "bfloat16",
+    },
     "qwen2-7b": {
         "architectures": ["Qwen2ForCausalLM"],
         "model_type": "qwen2",

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import DeepseekV3ForCausalLM
 
-from app.engine.batch_loop import BatchLoop
+from app.engine.batch_loop import PARALLEL_STEP_FLOPS, BatchLoop, step_threads
 from app.engine.step_cost import StepCost, matrix_flops_per_token
 from app.engine.types import SamplingParams
 from tests.app.engine.loop_helpers import Driver, greedy, tiny_deepseek_v3
@@ -94,3 +94,26 @@ def test_chunks_shrink_as_a_long_prompt_deepens_and_the_tokens_stay_exact(model:
     while len(driver.tokens(1)) < 6:
         driver.step()
     assert driver.tokens(1) == alone
+
+
+def test_a_steps_threads_follow_its_work_in_flops_not_its_tokens(model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The built-in model's small steps leave a core to the HTTP process; a real model's every step is worth both
+    (its one-row decode is ~1,500x the built-in model's work per token)."""
+    assert step_threads(PARALLEL_STEP_FLOPS, (2, 1)) == 2
+    assert step_threads(PARALLEL_STEP_FLOPS * 0.99, (2, 1)) == 1
+    loop = BatchLoop(model, {1}, max_batch_size=4, kv_cache_tokens=4096, cpu_threads=(2, 1))
+    assert loop.step_cost.flops(10, 100) == loop.step_cost.tokens(10, 100) * matrix_flops_per_token(model)
+    chosen: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", chosen.append)
+    loop.add(0, list(range(100, 120)), greedy(2))  # a short prompt, then one decode row: small steps
+    Driver(loop).run()
+    long = [(7 * i) % 5000 + 100 for i in range(600)]
+    loop.add(1, long, greedy(1))  # 600 tokens: ~1.2 GFLOPs on the built-in model
+    Driver(loop).run()
+    assert chosen == [1, 1, 2]
+    real = StepCost(loop.step_cost.break_even_context, flops_per_token=3e9)  # DeepSeek-R1-Distill-Qwen-1.5B's size
+    loop._cost = real
+    chosen.clear()
+    loop.add(2, [100, 101], greedy(2))
+    Driver(loop).run()
+    assert chosen == [2, 2]

@@ -182,7 +182,8 @@ def test_without_a_generation_prompt_nothing_is_opened(builtin_tokenizer: Any) -
 
 
 def test_an_unknown_builtin_shape_names_the_known_ones() -> None:
-    with pytest.raises(ModelLoadError, match=r"--model builtin:xyz: unknown built-in shape; known: builtin:qwen2-7b"):
+    known = "known: builtin:qwen2-1.5b, builtin:qwen2-7b"
+    with pytest.raises(ModelLoadError, match=rf"--model builtin:xyz: unknown built-in shape; {known}"):
         resolve_source("builtin:xyz", ignore)
 
 
