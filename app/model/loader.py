@@ -62,7 +62,10 @@ def resolve_dtype(setting: str, device: torch.device) -> torch.dtype | str:
         return "auto"
     if setting == "fp8":
         if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
-            raise ModelLoadError("--dtype fp8 needs a CUDA GPU with compute capability 8.9 or newer (Ada, Hopper)")
+            raise ModelLoadError(
+                "--dtype fp8 needs a CUDA GPU with compute capability 8.9 or newer (Ada, Hopper); elsewhere a "
+                "checkpoint shipped in FP8 (DeepSeek-V3/R1's) loads dequantized with --dtype auto"
+            )
         return torch.bfloat16
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[setting]
 
@@ -78,10 +81,17 @@ def load_weights(spec: WeightsSpec, progress: Progress) -> LoadedWeights:
     # prefills a batch of 28-token chat turns ~25% faster, but a 1,300-token prompt 7.6x slower (1.88 s vs 0.25 s
     # in float32 on 2 AVX2 cores), and decodes no faster. The gain on short prompts is not worth the long ones' loss.
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "sdpa"}
-    if spec.dtype == "fp8":
+    if spec.dtype == "fp8" and checkpoint_fp8_block(spec.directory) is None:
+        # a bf16 checkpoint, quantized in blocks on load; one shipped in FP8 loads with its own quantization config
         kwargs["quantization_config"] = FineGrainedFP8Config()
     if spec.tensor_parallel_size > 1:
         kwargs["tp_plan"] = "auto"  # each rank loads its own shard (app.engine.tensor_parallel)
+    block = checkpoint_fp8_block(spec.directory)
+    if block is not None and not fp8_compute(device) and (partial := partial_fp8_block(spec.directory, block)):
+        raise ModelLoadError(
+            f"{spec.directory} is an FP8 checkpoint, which runs in FP8 only on a CUDA GPU of compute capability 8.9+; "
+            f"transformers cannot dequantize it here: {partial} is not whole {'x'.join(map(str, block))} blocks"
+        )
     try:
         if (Path(spec.directory) / RANDOM_WEIGHTS_MARKER).exists():
             model = _random_model(spec.directory, device, dtype)
@@ -103,10 +113,59 @@ def load_weights(spec: WeightsSpec, progress: Progress) -> LoadedWeights:
     eos = _ids(generation_eos) | _ids(model.config.eos_token_id)
     parameters = sum(p.numel() for p in model.parameters())
     description = (
-        f"{parameters / 1e6:.1f}M parameters, {next(model.parameters()).dtype}, {device}, "
-        f"loaded in {time.perf_counter() - started:.1f}s"
+        f"{parameters / 1e6:.1f}M parameters, {next(model.parameters()).dtype}{_fp8_note(spec.directory, model)}, "
+        f"{device}, loaded in {time.perf_counter() - started:.1f}s"
     )
     return LoadedWeights(model, context, eos, description)
+
+
+def checkpoint_fp8_block(directory: str) -> list[int] | None:
+    """The weight block of a checkpoint shipped in FP8 (DeepSeek-V3/R1's: [128, 128]), None for any other."""
+    try:
+        config = json.loads((Path(directory) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    quantization = config.get("quantization_config") or {}
+    if quantization.get("quant_method") != "fp8":
+        return None
+    return list(quantization.get("weight_block_size") or [128, 128])
+
+
+def fp8_compute(device: torch.device) -> bool:
+    """Whether this device computes in FP8 (CUDA compute capability 8.9+: Ada, Hopper and later)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def partial_fp8_block(directory: str, block: list[int]) -> str | None:
+    """The first quantized matrix of an FP8 checkpoint that is not whole blocks (e.g. DeepSeek-V3's
+    kv_a_proj_with_mqa, 576 rows over 128-row blocks), read from the safetensors headers alone; None if none is.
+    transformers 5.24 dequantizes (where FP8 cannot run) with a block derived from each scale grid, which is wrong
+    for such a matrix: 576 rows over 5 scale rows either fails to load or, where it divides, loads wrong values."""
+    from safetensors import safe_open
+
+    for path in sorted(Path(directory).glob("*.safetensors")):
+        with safe_open(str(path), "pt") as tensors:
+            names = set(tensors.keys())
+            for scale in sorted(name for name in names if name.endswith(".weight_scale_inv")):
+                weight = scale.removesuffix("_scale_inv")
+                if weight not in names:
+                    continue
+                shape = tensors.get_slice(weight).get_shape()[-2:]
+                if any(size % edge for size, edge in zip(shape, block, strict=True)):
+                    return f"{weight} {list(shape)}"
+    return None
+
+
+def _fp8_note(directory: str, model: Any) -> str:
+    """What became of FP8 weights: kept (FP8 compute), or dequantized by transformers where FP8 cannot run."""
+    kept = any(p.dtype == torch.float8_e4m3fn for p in model.parameters())
+    block = checkpoint_fp8_block(directory)
+    if block is None:
+        return " (quantized to FP8 on load)" if kept else ""
+    shape = "x".join(map(str, block))
+    if kept:
+        return f" (FP8 checkpoint, {shape} blocks, in FP8)"
+    return f" (FP8 checkpoint, {shape} blocks, dequantized: FP8 compute needs a CUDA GPU of compute capability 8.9+)"
 
 
 def _random_model(directory: str, device: torch.device, dtype: torch.dtype | str) -> Any:
