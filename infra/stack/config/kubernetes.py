@@ -15,6 +15,7 @@ from typing import Annotated, Literal, Self
 from pydantic import Field, field_validator, model_validator
 
 from stack.config.base import IAM_ARN, ConfigSection
+from stack.config.model_sizes import published_weights_gib, startup_budget_seconds
 
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _QUANTITY = re.compile(r"^(?P<number>[0-9]+(\.[0-9]+)?)(?P<suffix>m|Ki|Mi|Gi|Ti|k|M|G|T)?$")
@@ -238,6 +239,12 @@ class ModelConfig(ConfigSection):
         description="Weight and compute dtype (`DTYPE`). `fp8`: DeepSeek-V3/R1's own block-quantized FP8 weights as "
         "they ship, or a bf16 checkpoint quantized on load; Ada or Hopper GPUs (L40S, L4, H100, H200).",
     )
+    weights_gib: Annotated[float, Field(gt=0, strict=False)] | None = Field(
+        None,
+        description="Size of the weights in GiB, which sets the pods' startup budget (`lifecycle."
+        "startupTimeoutSeconds`). Unset: known for DeepSeek's published checkpoints (e.g. ~625 for DeepSeek-R1 in "
+        "FP8, ~131 for R1-Distill-Llama-70B), else the budget is the small model's.",
+    )
     max_model_len: Annotated[int, Field(ge=1)] | None = Field(
         None, description="Longest prompt plus completion in tokens (`MAX_MODEL_LEN`). Unset: the server's default."
     )
@@ -357,11 +364,11 @@ class SchedulingConfig(ConfigSection):
 
 
 class LifecycleConfig(ConfigSection):
-    startup_timeout_seconds: int = Field(
-        1200,
-        ge=60,
-        le=7200,
-        description="Time the startup probe allows for the model's download and load before the pod is restarted.",
+    startup_timeout_seconds: Annotated[int, Field(ge=60, le=7200)] | None = Field(
+        None,
+        description="Time the startup probe allows for the model's download and load before the pod is restarted. "
+        "Unset: from the size of the weights (`model.weightsGib`, or the published size of a DeepSeek checkpoint): "
+        "600 s plus 12 s a GiB, at least 1,200 s and at most 7,200 s (infra/stack/config/model_sizes.py).",
     )
     drain_timeout_seconds: int = Field(
         25,
@@ -475,6 +482,16 @@ class InferenceConfig(ConfigSection):
     def ranks(self) -> int:
         """Tensor-parallel ranks per pod: one per GPU unless set lower."""
         return self.tensor_parallel_size or self.gpu_count
+
+    @property
+    def startup_seconds(self) -> int:
+        """The pods' startup budget: as set, else from the size of the weights."""
+        if self.lifecycle.startup_timeout_seconds is not None:
+            return self.lifecycle.startup_timeout_seconds
+        gib = self.model.weights_gib
+        if gib is None and self.model.source == "huggingface":
+            gib = published_weights_gib(self.model.id)
+        return startup_budget_seconds(gib)
 
     @field_validator("image")
     @classmethod

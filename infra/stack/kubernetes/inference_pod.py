@@ -43,6 +43,7 @@ class ServerPodArgs:
     model_cache: ModelCacheConfig
     scheduling: SchedulingConfig
     lifecycle: LifecycleConfig
+    startup_seconds: int  # the startup probe's budget (inference.startup_seconds: as set, or from the weights' size)
     tensor_parallel_size: int = 1  # ranks the server splits the model across (inference.ranks)
 
 
@@ -214,7 +215,7 @@ def _server(pod: ServerPodArgs, image: pulumi.Input[str], names: PodNames) -> k8
             http_get=http_get("/readyz"),
             period_seconds=_PROBE_PERIOD_SECONDS,
             timeout_seconds=5,
-            failure_threshold=math.ceil(pod.lifecycle.startup_timeout_seconds / _PROBE_PERIOD_SECONDS),
+            failure_threshold=math.ceil(pod.startup_seconds / _PROBE_PERIOD_SECONDS),
         ),
         readiness_probe=k8s.core.v1.ProbeArgs(
             http_get=http_get("/readyz"), period_seconds=5, timeout_seconds=3, failure_threshold=2

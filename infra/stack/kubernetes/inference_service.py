@@ -129,7 +129,7 @@ class InferenceService(pulumi.ComponentResource):
         pod_annotations = checkov_skips(**skips)
         budget = RolloutBudget(
             node_provision_seconds=args.node_provision_seconds,
-            startup_seconds=args.pod.lifecycle.startup_timeout_seconds,
+            startup_seconds=args.pod.startup_seconds,
             termination_grace_seconds=args.pod.lifecycle.termination_grace_period_seconds,
             max_replicas=args.autoscaling.max_replicas,
         )
@@ -364,7 +364,7 @@ class InferenceService(pulumi.ComponentResource):
             api_version="monitoring.coreos.com/v1",
             kind="PrometheusRule",
             metadata=monitor_meta,
-            spec=alert_rules(args.namespace, args.name, args.pod.lifecycle.startup_timeout_seconds),
+            spec=alert_rules(args.namespace, args.name, args.pod.startup_seconds),
             opts=after_crds,
         )
 

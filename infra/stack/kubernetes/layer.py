@@ -100,6 +100,7 @@ def deploy_kubernetes_layer(
                 model_cache=spec.model_cache,
                 scheduling=spec.scheduling,
                 lifecycle=spec.lifecycle,
+                startup_seconds=spec.startup_seconds,
             ),
             autoscaling=spec.autoscaling,
             service=spec.service,

@@ -105,8 +105,9 @@ def test_probes_follow_the_server_contract(objects: Objects, dev_run: ProgramRun
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     startup = container["startupProbe"]
-    # Sized for model loading: 20 minutes by default.
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= InferenceConfig().lifecycle.startup_timeout_seconds
+    # Sized for model loading: 20 minutes for the default model (7B, ~14 GiB).
+    assert InferenceConfig().startup_seconds == 1200
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= InferenceConfig().startup_seconds
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
 
 
@@ -343,6 +344,7 @@ def test_several_gpus_make_as_many_ranks_with_nccl_settings() -> None:
             config.model_cache,
             config.scheduling,
             config.lifecycle,
+            config.startup_seconds,
             tensor_parallel_size=config.ranks,
         )
         env = {item.name: item.value for item in environment(pod, PodNames("sa", "pc", None))}
