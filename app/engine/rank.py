@@ -38,7 +38,8 @@ def main() -> int:
         tensor_parallel.join_group(rank, spec.weights.tensor_parallel_size, init_method, device)
         weights = load_weights(spec.weights, lambda text: None)
         tensor_parallel.check_split(weights.model, spec.weights.tensor_parallel_size)
-        budget = tensor_parallel.broadcast()  # rank 0's: every rank's pool has the same blocks
+        # the smallest any rank can hold: every rank's pool has the same blocks
+        budget = tensor_parallel.smallest(worker.rank_kv_budget(spec, weights))
         loop = worker.build_loop(spec, weights, lambda message: None, budget)
         tensor_parallel.follow(loop)
     except Exception:

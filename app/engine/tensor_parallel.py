@@ -70,6 +70,14 @@ def broadcast(value: Any = None) -> Any:
     return box[0]
 
 
+def smallest(value: int) -> int:
+    """The smallest of every rank's `value`, on every rank (each passes its own)."""
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    box = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(box, op=dist.ReduceOp.MIN)
+    return int(box.item())
+
+
 def with_fixed_seed(params: SamplingParams) -> SamplingParams:
     """The request with a seed of rank 0's choosing when it has none: every rank must draw the same tokens."""
     if params.greedy or params.seed is not None:

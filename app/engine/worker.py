@@ -89,14 +89,13 @@ def run_worker(inbox: Connection, outbox: Connection, spec: WorkerSpec) -> None:
         try:
             followers = start_ranks(spec)
             weights = load_weights(spec.weights, lambda text: send(Progress(text)))
-            budget = kv_cache_bytes(spec.kv_cache, weights.model.device)
+            budget = rank_kv_budget(spec, weights)
             if followers:
                 tensor_parallel.check_split(weights.model, len(followers) + 1)
                 # Every rank's pool must have the same blocks, and building a loop runs a forward pass (with the
-                # ranks' all-reduces): the budget goes out first, then all ranks build theirs together.
-                budget = tensor_parallel.broadcast(
-                    budget // (len(followers) + 1) if _shares_memory(weights) else budget
-                )
+                # ranks' all-reduces): the ranks agree on the budget first (the smallest any of them can hold),
+                # then all build theirs together.
+                budget = tensor_parallel.smallest(budget)
             built = build_loop(spec, weights, send, budget)
             loop: BatchLoop | ReplicatedLoop = ReplicatedLoop(built, followers) if followers else built
             send(Progress(_describe_kv(loop)))
@@ -170,9 +169,11 @@ def build_loop(
     )
 
 
-def _shares_memory(weights: LoadedWeights) -> bool:
-    """Ranks on a CPU share one machine's memory (each takes its share of the budget); GPUs have their own."""
-    return bool(weights.model.device.type == "cpu")
+def rank_kv_budget(spec: WorkerSpec, weights: LoadedWeights) -> int:
+    """The KV bytes this rank can hold: on a GPU, its own share of its own memory; on a CPU, whose memory the ranks
+    share, its share of the machine's."""
+    budget = kv_cache_bytes(spec.kv_cache, weights.model.device)
+    return budget // spec.weights.tensor_parallel_size if weights.model.device.type == "cpu" else budget
 
 
 def structured_outputs(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,3 +71,35 @@ def test_a_model_loaded_whole_on_a_rank_is_refused() -> None:
     tensor_parallel.check_split(Halved(), 2)
     with pytest.raises(RuntimeError, match="split 1 ways, not 2"):
         tensor_parallel.check_split(Whole(), 2)
+
+
+def _report_smallest(rank: int, init_method: str, values: list[int], results: Any) -> None:
+    import torch.distributed as dist
+
+    from app.engine import tensor_parallel
+
+    tensor_parallel.join_group(rank, len(values), init_method, "cpu")
+    try:
+        results.put((rank, tensor_parallel.smallest(values[rank])))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_ranks_agree_on_the_smallest_kv_budget_any_of_them_can_hold() -> None:
+    """Each GPU measures its own free memory after its shard loads; the pools must have the same blocks, so every
+    rank takes the smallest (a budget only rank 0 measured could overfill another GPU)."""
+    import multiprocessing
+
+    from app.engine.tensor_parallel import free_init_method
+
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    values = [7 << 30, 5 << 30]
+    init_method = free_init_method()
+    ranks = [context.Process(target=_report_smallest, args=(r, init_method, values, results)) for r in (0, 1)]
+    for process in ranks:
+        process.start()
+    for process in ranks:
+        process.join(timeout=120)
+        assert process.exitcode == 0
+    assert sorted(results.get(timeout=5) for _ in ranks) == [(0, 5 << 30), (1, 5 << 30)]
