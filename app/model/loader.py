@@ -143,16 +143,15 @@ def partial_fp8_block(directory: str, block: list[int]) -> str | None:
     for such a matrix: 576 rows over 5 scale rows either fails to load or, where it divides, loads wrong values."""
     from safetensors import safe_open
 
+    shapes: dict[str, list[int]] = {}  # across every shard: a weight and its scale may sit in different files
     for path in sorted(Path(directory).glob("*.safetensors")):
         with safe_open(str(path), "pt") as tensors:
-            names = set(tensors.keys())
-            for scale in sorted(name for name in names if name.endswith(".weight_scale_inv")):
-                weight = scale.removesuffix("_scale_inv")
-                if weight not in names:
-                    continue
-                shape = tensors.get_slice(weight).get_shape()[-2:]
-                if any(size % edge for size, edge in zip(shape, block, strict=True)):
-                    return f"{weight} {list(shape)}"
+            for name in tensors.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                shapes[name] = list(tensors.get_slice(name).get_shape())
+    for scale in sorted(name for name in shapes if name.endswith(".weight_scale_inv")):
+        weight = shapes.get(scale.removesuffix("_scale_inv"))
+        if weight is not None and any(size % edge for size, edge in zip(weight[-2:], block, strict=True)):
+            return f"{scale.removesuffix('_scale_inv')} {weight[-2:]}"
     return None
 
 

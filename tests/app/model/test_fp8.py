@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, GenerationConfig
 
 from app.engine.batch_loop import BatchLoop
-from app.model.loader import checkpoint_fp8_block, load_weights, resolve_dtype
+from app.model.loader import checkpoint_fp8_block, load_weights, partial_fp8_block, resolve_dtype
 from app.model.source import ModelLoadError, WeightsSpec
 from tests.app.engine.loop_helpers import Driver, greedy, tiny_deepseek_v3
 from tests.app.model.fp8_checkpoint import WEIGHT_BLOCK, write_fp8_checkpoint
@@ -120,3 +120,18 @@ def test_an_fp8_checkpoint_with_partial_blocks_is_refused_where_it_would_be_dequ
         "whole 16x16 blocks"
     )
     assert "runs in FP8 only on a CUDA GPU of compute capability 8.9+" in message
+
+
+def test_a_partial_block_is_found_when_a_weight_and_its_scale_sit_in_different_shards(
+    checkpoints: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    original, _, _ = checkpoints
+    write_fp8_checkpoint(original, tmp_path, block=16)
+    tensors = load_file(tmp_path / "model.safetensors")
+    (tmp_path / "model.safetensors").unlink()
+    scales = {name: tensor for name, tensor in tensors.items() if name.endswith("weight_scale_inv")}
+    save_file(scales, tmp_path / "model-00002-of-00002.safetensors", metadata={"format": "pt"})
+    rest = {name: tensor for name, tensor in tensors.items() if name not in scales}
+    save_file(rest, tmp_path / "model-00001-of-00002.safetensors", metadata={"format": "pt"})
+    assert partial_fp8_block(str(tmp_path), [16, 16]) == "model.layers.0.self_attn.kv_a_proj_with_mqa.weight [24, 64]"
+    assert partial_fp8_block(str(tmp_path), [8, 8]) is None
