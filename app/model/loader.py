@@ -64,7 +64,8 @@ def resolve_dtype(setting: str, device: torch.device) -> torch.dtype | str:
         if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
             raise ModelLoadError(
                 "--dtype fp8 needs a CUDA GPU with compute capability 8.9 or newer (Ada, Hopper); elsewhere a "
-                "checkpoint shipped in FP8 (DeepSeek-V3/R1's) loads dequantized with --dtype auto"
+                "checkpoint shipped in FP8 whose matrices are whole blocks loads dequantized with --dtype auto "
+                "(DeepSeek-V3/R1's are not: they need such a GPU)"
             )
         return torch.bfloat16
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[setting]

@@ -97,9 +97,14 @@ def test_the_ranks_agree_on_the_smallest_kv_budget_any_of_them_can_hold() -> Non
     values = [7 << 30, 5 << 30]
     init_method = free_init_method()
     ranks = [context.Process(target=_report_smallest, args=(r, init_method, values, results)) for r in (0, 1)]
-    for process in ranks:
-        process.start()
-    for process in ranks:
-        process.join(timeout=120)
-        assert process.exitcode == 0
+    try:
+        for process in ranks:
+            process.start()
+        for process in ranks:
+            process.join(timeout=120)
+            assert process.exitcode == 0
+    finally:
+        for process in ranks:  # a rank stuck in its collective must not outlive the test
+            if process.is_alive():
+                process.kill()
     assert sorted(results.get(timeout=5) for _ in ranks) == [(0, 5 << 30), (1, 5 << 30)]

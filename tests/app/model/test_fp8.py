@@ -101,7 +101,7 @@ def test_dtype_fp8_without_a_gpu_that_computes_in_fp8_is_refused_in_one_line(
     message = str(refused.value)
     assert "\n" not in message
     assert message.startswith("--dtype fp8 needs a CUDA GPU with compute capability 8.9 or newer")
-    assert "loads dequantized with --dtype auto" in message
+    assert "whole blocks loads dequantized with --dtype auto (DeepSeek-V3/R1's are not" in message
 
 
 def test_an_fp8_checkpoint_with_partial_blocks_is_refused_where_it_would_be_dequantized_wrong(
