@@ -48,11 +48,11 @@ class StepCost:
     """The cost of new tokens at a depth of context, in units of one token's matrices (so a token at no context
     costs 1)."""
 
-    def __init__(self, break_even_context: float, flops_per_token: float = 0.0) -> None:
-        if break_even_context <= 0:
-            raise ValueError("the break-even context must be positive")
+    def __init__(self, break_even_context: float, flops_per_token: float) -> None:
+        if break_even_context <= 0 or flops_per_token <= 0:
+            raise ValueError("the break-even context and a token's FLOPs must be positive")
         self.break_even_context = break_even_context
-        self.flops_per_token = flops_per_token  # one token's matrices, the unit of tokens(): 0 when not known
+        self.flops_per_token = flops_per_token  # one token's matrices: the unit of tokens()
 
     @classmethod
     def of(cls, model: Any, widths: list[int]) -> StepCost:

@@ -58,7 +58,7 @@ def test_mla_attention_is_counted_at_the_width_it_attends_with(mla_model: Deepse
 
 
 def test_a_chunk_costs_its_budget_at_any_depth() -> None:
-    cost = StepCost(break_even_context=300)
+    cost = StepCost(break_even_context=300, flops_per_token=2e6)
     assert cost.chunk(256, 0, 16) == 256
     sizes = [cost.chunk(256, context, 16) for context in (0, 500, 1000, 2000, 4000, 100_000)]
     assert sizes == sorted(sizes, reverse=True) and sizes[1] < 256
@@ -66,7 +66,9 @@ def test_a_chunk_costs_its_budget_at_any_depth() -> None:
         assert cost.tokens(size, context) <= cost.tokens(256, 0) < cost.tokens(size + 1, context)
     assert sizes[-1] == 16  # the minimum: a chunk always makes progress
     with pytest.raises(ValueError, match="positive"):
-        StepCost(0)
+        StepCost(0, 2e6)
+    with pytest.raises(ValueError, match="positive"):
+        StepCost(300, 0)  # a cost without FLOPs would quietly keep every step off the second core
 
 
 def test_chunks_shrink_as_a_long_prompt_deepens_and_the_tokens_stay_exact(model: Any) -> None:

@@ -4,6 +4,7 @@ not keep the HPA and PDB from being created."""
 from __future__ import annotations
 
 import pytest
+from stack.config.kubernetes import InferenceConfig
 from stack.kubernetes.inference_service import LOAD_BALANCER_AWAIT
 from stack.kubernetes.rollout import IMAGE_PULL_SECONDS, RolloutBudget, minutes
 from stack.testing import ProgramRun
@@ -32,7 +33,7 @@ def test_deployment_timeouts_exceed_the_provider_default_and_follow_the_stack(
     timeouts = run.options_of(deployment).custom_timeouts
     settings = stack_settings(stack)
     provision = int(settings[f"{NS}:clusterAutoscaler"]["maxNodeProvisionTime"].removesuffix("m")) * 60
-    startup = 1200  # lifecycle.startupTimeoutSeconds default, which neither stack file changes
+    startup = InferenceConfig.model_validate(settings[f"{NS}:inference"]).startup_seconds  # as the stack derives it
     max_replicas = settings[f"{NS}:inference"]["autoscaling"]["maxReplicas"]
     pod_start = provision + IMAGE_PULL_SECONDS + startup
     create = int(timeouts["create"].removesuffix("m")) * 60
