@@ -172,20 +172,28 @@ def prepare_like_an_existing_cluster(cluster: Cluster, nodes: list[dict[str, Any
     cluster.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "monitoring"}}])
 
 
+# The node lifecycle controller taints a node it has not seen Ready (node.kubernetes.io/not-ready, NoSchedule) and
+# lifts the taint on its next pass, about a second after the Ready condition appears.
+_NOT_YET_SCHEDULABLE_TAINTS = {"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"}
+
+
+def _schedulable(node: dict[str, Any]) -> bool:
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in node["status"].get("conditions", []))
+    taints = {taint["key"] for taint in node["spec"].get("taints", [])}
+    return ready and not taints & _NOT_YET_SCHEDULABLE_TAINTS
+
+
 def _wait_until_ready(cluster: Cluster, names: set[str], seconds: float = 60) -> None:
-    """Every node Ready, as kwok marks them a moment after they are created: a pod scheduled before then skips the
-    nodes that are not, and lands on a pool it would not prefer (once seen: a prod pod on spot)."""
+    """Every node Ready and rid of the lifecycle controller's not-ready taint. A pod scheduled before then skips the
+    nodes that are not, and lands on a pool it would not prefer: a prod pod on spot, seen while this waited for the
+    Ready condition alone (the taint outlives it by about a second)."""
     deadline = time.monotonic() + seconds
     while True:
-        ready = {
-            node["metadata"]["name"]
-            for node in cluster.get("nodes")["items"]
-            if any(c.get("type") == "Ready" and c.get("status") == "True" for c in node["status"].get("conditions", []))
-        }
-        if names <= ready:
+        schedulable = {node["metadata"]["name"] for node in cluster.get("nodes")["items"] if _schedulable(node)}
+        if names <= schedulable:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"nodes not Ready after {seconds} s: {sorted(names - ready)}")
+            raise AssertionError(f"nodes not schedulable after {seconds} s: {sorted(names - schedulable)}")
         time.sleep(0.2)
 
 
