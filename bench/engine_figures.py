@@ -8,9 +8,12 @@ others stream.
 Each figure is a ratio (or a time) measured in one run, printed with the hardware it ran on:
 - long prompt: TTFT of a lone ~1,300-token prompt on an idle server (median of 3, each prompt new).
 - prefix: TTFT of a ~1,500-token prompt whose first ~1,450 tokens were sent before ÷ a cold one of the same length.
-- joiner: TTFT of a short request while 12 streams with ~1,000-token prompts decode ÷ the same on an idle server.
+- joiner: TTFT of a short request while 12 streams with ~1,000-token prompts decode ÷ the same on an idle server
+  (medians of 3: three probes, one after another, while the same 12 streams decode).
 - stall: while 8 streams decode and a ~3,000-token prompt arrives, the longest gap between two tokens of a running
-  stream ÷ their median gap.
+  stream ÷ their median gap (the median of 3 such arrivals, each beside 8 new streams).
+One probe's TTFT depends on where in the running step it lands (a 12-row decode step over 1,000-token contexts takes
+30-50 ms on 2 cores), so one sample swung between 2.2 and 4.5 on the same server: the medians keep the figure steady.
 - memory: while one ~3,000-token and 31 short sequences decode, KV bytes held ÷ KV bytes their live tokens need. The
   server's metrics give the blocks held (deepseek_kv_cache_usage_perc × the cache's num_blocks × block_size, from
   deepseek_cache_config_info); the streams give the live tokens (prompt tokens + tokens received by then).
@@ -100,8 +103,11 @@ class Figures:
             ratios.append(warm.ttft / cold.ttft)
         return statistics.median(ratios)
 
-    async def _while_streaming(self, streams: int, stream_words: int, probe_words: int) -> tuple[Result, list[Result]]:
-        """`streams` long-running streams; once every one of them is decoding, one probe request of `probe_words`."""
+    async def _while_streaming(
+        self, streams: int, stream_words: int, probe_words: int, probes: int = 1
+    ) -> tuple[list[Result], list[Result]]:
+        """`streams` long-running streams; once every one of them is decoding, `probes` requests of `probe_words`,
+        one after another."""
         decoding = [asyncio.Event() for _ in range(streams)]
 
         async def stream(index: int) -> Result:
@@ -114,13 +120,13 @@ class Figures:
 
         running = [asyncio.create_task(stream(index)) for index in range(streams)]
         await asyncio.gather(*(event.wait() for event in decoding))
-        probe = await self._one(self.fresh(probe_words), 4)
-        return probe, list(await asyncio.gather(*running))
+        sent = [await self._one(self.fresh(probe_words), 4) for _ in range(probes)]
+        return sent, list(await asyncio.gather(*running))
 
     async def joiner(self) -> float:
         idle = statistics.median([(await self._one(self.fresh(20), 4)).ttft for _ in range(3)])
-        probe, _ = await self._while_streaming(streams=12, stream_words=1000, probe_words=20)
-        return probe.ttft / idle
+        probes, _ = await self._while_streaming(streams=12, stream_words=1000, probe_words=20, probes=3)
+        return statistics.median(probe.ttft for probe in probes) / idle
 
     async def memory(self) -> float:
         decoding = [asyncio.Event() for _ in range(32)]
@@ -150,9 +156,12 @@ class Figures:
         return kv_tokens_held(await Connection(self.base_url, self.api_key).get_text("/metrics"))
 
     async def stall(self) -> float:
-        _, streams = await self._while_streaming(streams=8, stream_words=20, probe_words=3000)
-        gaps = [later - earlier for r in streams for earlier, later in itertools.pairwise(r.token_times)]
-        return max(gaps) / statistics.median(gaps)
+        ratios = []
+        for _ in range(3):
+            _, streams = await self._while_streaming(streams=8, stream_words=20, probe_words=3000)
+            gaps = [later - earlier for r in streams for earlier, later in itertools.pairwise(r.token_times)]
+            ratios.append(max(gaps) / statistics.median(gaps))
+        return statistics.median(ratios)
 
 
 def kv_tokens_held(text: str) -> float:
