@@ -12,11 +12,12 @@ Each figure is a ratio (or a time) measured in one run, printed with the hardwar
   (medians of 3: three probes, one after another, while the same 12 streams decode).
 - stall: while 8 streams decode and a ~3,000-token prompt arrives, the longest gap between two tokens of a running
   stream ÷ their median gap (the median of 3 such arrivals, each beside 8 new streams).
-One probe's TTFT depends on where in the running step it lands (a 12-row decode step over 1,000-token contexts takes
-30-50 ms on 2 cores), so one sample swung between 2.2 and 4.5 on the same server: the medians keep the figure steady.
 - memory: while one ~3,000-token and 31 short sequences decode, KV bytes held ÷ KV bytes their live tokens need. The
   server's metrics give the blocks held (deepseek_kv_cache_usage_perc × the cache's num_blocks × block_size, from
   deepseek_cache_config_info); the streams give the live tokens (prompt tokens + tokens received by then).
+
+Joiner and stall are medians: one probe's TTFT depends on where in the running step it lands (a 12-row decode step
+over 1,000-token contexts takes 30-50 ms on 2 cores), and one sample swung between 2.2 and 4.5 on the same server.
 """
 
 from __future__ import annotations

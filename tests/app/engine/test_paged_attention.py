@@ -16,18 +16,19 @@ from app.engine.paged_attention import LAYOUT_KWARG, Segment, StepLayout, paged_
 DIM = 16
 
 
-def reference(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+def reference(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None) -> torch.Tensor:
     """One sequence: query [heads, new, dim] at the end of key/value [kv_heads, context, dim]."""
     heads, new, _ = query.shape
     kv_heads, context, _ = key.shape
     visible = torch.arange(context).view(1, context) <= (context - new + torch.arange(new)).view(new, 1)
     repeat = heads // kv_heads
     out = torch.nn.functional.scaled_dot_product_attention(
-        query, key.repeat_interleave(repeat, 0), value.repeat_interleave(repeat, 0), attn_mask=visible
+        query, key.repeat_interleave(repeat, 0), value.repeat_interleave(repeat, 0), attn_mask=visible, scale=scale
     )
     return out.transpose(0, 1)  # [new, heads, dim]
 
 
+@pytest.mark.parametrize("scale", [None, 0.3])  # the model's own scaling (DeepSeek's yarn mscale) or the default
 @pytest.mark.parametrize(("heads", "kv_heads"), [(4, 2), (4, 1), (2, 2)])
 @pytest.mark.parametrize(
     "shapes",
@@ -38,7 +39,7 @@ def reference(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> to
     ],
 )
 def test_each_sequence_gets_the_attention_over_its_own_context(
-    heads: int, kv_heads: int, shapes: list[tuple[int, int]]
+    heads: int, kv_heads: int, shapes: list[tuple[int, int]], scale: float | None
 ) -> None:
     generator = torch.Generator().manual_seed(0)
     slots = sum(context for _, context in shapes) + 1
@@ -52,15 +53,18 @@ def test_each_sequence_gets_the_attention_over_its_own_context(
         taken += context
     layout = StepLayout(segments, torch.device("cpu"))
     tokens = sum(new for new, _ in shapes)
-    query = torch.randn((1, heads, tokens, DIM), generator=generator)
+    # [1, heads, tokens, dim] as the model hands it over: a transposed view of its [1, tokens, heads, dim] projection
+    query = torch.randn((1, tokens, heads, DIM), generator=generator).transpose(1, 2)
     gathered_k = pool_k.index_select(1, layout.gather).unsqueeze(0)
     gathered_v = pool_v.index_select(1, layout.gather).unsqueeze(0)
 
     kwargs: dict[str, Any] = {LAYOUT_KWARG: layout}  # as the model's attention layers pass it through
-    out, _ = paged_attention(torch.nn.Module(), query, gathered_k, gathered_v, None, **kwargs)
+    out, _ = paged_attention(torch.nn.Module(), query, gathered_k, gathered_v, None, scaling=scale, **kwargs)
 
     start = 0
     for segment, (new, _) in zip(segments, shapes, strict=True):
-        expected = reference(query[0, :, start : start + new], pool_k[:, segment.slots], pool_v[:, segment.slots])
+        expected = reference(
+            query[0, :, start : start + new], pool_k[:, segment.slots], pool_v[:, segment.slots], scale
+        )
         torch.testing.assert_close(out[0, start : start + new], expected)
         start += new
