@@ -46,7 +46,7 @@ class Grammars:
                 compiled = self._compiler.compile_json_schema(_ANY_OBJECT, **_COMPACT, strict_mode=False)
             else:
                 # With strict_mode an object takes no properties the schema does not list (OpenAI's strict: true).
-                compiled = self._compiler.compile_json_schema(grammar.schema, **_COMPACT, strict_mode=grammar.strict)
+                compiled = self._compiler.compile_grammar(_json_schema(grammar.schema, strict=grammar.strict))
         except Exception as error:  # xgrammar raises RuntimeError/ValueError with its parser's message
             what = "a tool's parameters" if grammar.kind is GrammarKind.TOOL_CALL else "the JSON schema"
             raise GrammarError(f"{what} could not be compiled: {_first_line(error)}") from None
@@ -64,13 +64,33 @@ def _tool_call(functions: list[dict[str, Any]]) -> xgr.Grammar:
     calls = [
         xgr.Grammar.concat(
             _literal(call_head(function["name"])),
-            xgr.Grammar.from_json_schema(json.dumps(function["parameters"]), **_COMPACT, strict_mode=True),
+            _json_schema(json.dumps(function["parameters"]), strict=True),
             _literal(ARGUMENTS_CLOSE + CALL_END),
         )
         for function in functions
     ]
     choice = calls[0] if len(calls) == 1 else xgr.Grammar.union(*calls)
     return xgr.Grammar.concat(_literal(CALLS_BEGIN), choice, _literal(CALLS_END))
+
+
+def _json_schema(schema: str, strict: bool) -> xgr.Grammar:
+    """xgrammar's grammar for a JSON schema, its length-bounded strings mended. xgrammar 0.2.9 writes a string with
+    minLength or maxLength as a repetition of any character but the quote, the backslash, CR and LF
+    (mlc-ai/xgrammar#800, fixes not released): raw control characters pass (a random model wrote a tab into a tool
+    call's `"city"`, which json.loads refuses) and no escape can be written. Each repetition becomes one JSON
+    character instead, as its unbounded strings have it: a code point outside U+0000-U+001F, `"` and the backslash,
+    or one escape."""
+    grammar = xgr.Grammar.from_json_schema(schema, **_COMPACT, strict_mode=strict)
+    text = str(grammar)
+    mended, count = _BOUNDED_STRING_CHARACTER.subn(_JSON_STRING_CHARACTER, text)
+    if not count or "basic_escape ::=" not in text:  # nothing to mend (or a release that writes them otherwise)
+        return grammar
+    return xgr.Grammar.from_ebnf(mended)
+
+
+# The rule as xgrammar 0.2.9 prints it, `name_characters ::= (([^\"\\\r\n]))`, and its replacement.
+_BOUNDED_STRING_CHARACTER = re.compile(r'^(\S+_characters) ::= \(\(\[\^\\"\\\\\\r\\n\]\)\)$', re.MULTILINE)
+_JSON_STRING_CHARACTER = r'\1 ::= (([^\\0-\\x1f\\"\\\\]) | ("\\\\" basic_escape))'
 
 
 def _literal(text: str) -> xgr.Grammar:

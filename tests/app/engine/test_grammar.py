@@ -173,6 +173,46 @@ def test_a_forced_tool_call_is_one_call_of_a_listed_function_then_its_end(
     assert not feed(other, CALLS_BEGIN + call_text("delete_all", "{}"))  # an unlisted function
 
 
+BOUNDED = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "minLength": 1, "maxLength": 3}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        ("Oslo"[:3], True),
+        ("\\tab", True),  # an escape is one character of the three: \t, a, b
+        ('a\\"b', True),
+        ("\\u00e9", True),
+        ("\tab", False),  # a raw tab: json.loads refuses it (xgrammar 0.2.9 let it through)
+        ("\x01", False),
+        ("abcd", False),  # the bounds still hold
+        ("", False),
+    ],
+)
+@pytest.mark.parametrize("kind", [GrammarKind.JSON_SCHEMA, GrammarKind.TOOL_CALL])
+def test_a_length_bounded_string_takes_json_characters_only(
+    builtin_tokenizer: Any, grammars: Grammars, kind: GrammarKind, value: str, valid: bool
+) -> None:
+    from app.model.tool_format import CALLS_BEGIN, CALLS_END, call_text
+
+    arguments = '{"city":"' + value + '"}'
+    if valid:
+        assert json.loads(arguments)["city"]  # the cases say what JSON says
+    if kind is GrammarKind.TOOL_CALL:
+        row = grammars.matcher(Grammar(kind, json.dumps([{"name": "f", "parameters": BOUNDED}]), strict=True))
+        text = CALLS_BEGIN + call_text("f", arguments) + CALLS_END
+    else:
+        row = grammars.matcher(Grammar(kind, json.dumps(BOUNDED), strict=True))
+        text = arguments
+    tokens = [*builtin_tokenizer.encode(text, add_special_tokens=False), EOS]
+    assert all([row.accept(token) for token in tokens]) == valid
+
+
 def test_tool_parameters_the_library_cannot_take_are_refused(grammars: Grammars) -> None:
     functions = [{"name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "colour"}}}}]
     with pytest.raises(GrammarError, match=r"^a tool's parameters could not be compiled: Unsupported type"):
