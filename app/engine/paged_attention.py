@@ -240,8 +240,9 @@ def _attend(
     if group.queries == 1 and heads != kv_heads:
         # Decode rows: the query heads that share a KV head become that head's queries, [rows, kv_heads, group,
         # dim], so one attention call needs no GQA expansion. Measured on 2 Zen 4 cores (12 rows over 1,024 keys,
-        # 4 heads on 2): bf16 0.34 ms against 1.07 ms with enable_gqa, float32 alike. Prefill queries keep
-        # enable_gqa: folding them would need the mask repeated per head and measured no faster.
+        # 4 heads on 2): bf16 0.34 ms against 1.07 ms with enable_gqa, float32 alike. Not measured on a GPU (none
+        # was lent), where it also spares SDPA's GQA support, which not every masked kernel has. Prefill queries
+        # keep enable_gqa: folding them would need the mask repeated per head and measured no faster.
         q = picked.view(kv_heads, heads // kv_heads, group.rows, -1).permute(2, 0, 1, 3)
         attended = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=group.mask, scale=scaling)
         return attended.reshape(group.rows, heads, -1)  # [rows, kv_heads, group, dim]: heads in the model's order
