@@ -1,8 +1,9 @@
 """paged_attention against plain attention, sequence by sequence: whatever groups, padding, masks and head layouts
 a step's mix of decode rows and prompts gets, each sequence's output is what attending over its own context gives.
 
-The decode rows of a grouped-query model take their own path (their query heads folded onto the KV heads they
-share), so the mixes below have decode rows of several context lengths beside prompts, with and without GQA."""
+Decode rows take their own path (their query heads folded onto the KV heads they share; in half precision on a
+CPU, many of them attend by two matmuls), so the mixes below have decode rows of several context lengths beside
+prompts, with and without GQA, and in half precision."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from app.engine.paged_attention import LAYOUT_KWARG, Segment, StepLayout, paged_attention
+from app.engine.paged_attention import LAYOUT_KWARG, Segment, StepLayout, decode_by_matmul, paged_attention
 
 DIM = 16
 
@@ -41,20 +42,58 @@ def reference(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale
 def test_each_sequence_gets_the_attention_over_its_own_context(
     heads: int, kv_heads: int, shapes: list[tuple[int, int]], scale: float | None
 ) -> None:
+    check_each_sequence(heads, kv_heads, shapes, scale, torch.float32, DIM)
+
+
+MANY_DECODE_ROWS = [(1, 40 + row % 8) for row in range(16)]  # 16 rows of several depths: one padded, masked group
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "value_dim", "shapes"),
+    [
+        (4, 2, DIM, MANY_DECODE_ROWS),
+        (4, 4, DIM, MANY_DECODE_ROWS),
+        (4, 2, DIM, [(1, 12)] * 16),  # one depth: no mask
+        (2, 2, DIM // 2, [(1, 28), (1, 30)]),  # values narrower than queries (MLA's shape), on two rows
+    ],
+)
+def test_half_precision_decode_rows_on_a_cpu_attend_by_matmuls_as_sdpa_would(
+    dtype: torch.dtype, heads: int, kv_heads: int, value_dim: int, shapes: list[tuple[int, int]]
+) -> None:
+    """Many decode rows, or values narrower than queries, take the matmul path (paged_attention.decode_by_matmul):
+    each row still gets its own attention, within half precision's rounding."""
+    rows = torch.zeros((len(shapes), kv_heads, heads // kv_heads, DIM), dtype=dtype)
+    assert decode_by_matmul(rows, rows, rows[..., :value_dim])
+    layout = check_each_sequence(heads, kv_heads, shapes, None, dtype, value_dim)
+    assert len(layout.groups) == 1  # all the rows in the one call the check above is about
+    assert (layout.groups[0].mask is None) == (len({context for _, context in shapes}) == 1)
+
+
+def test_few_decode_rows_and_float32_keep_sdpa() -> None:
+    few = torch.zeros((2, 2, 2, DIM), dtype=torch.bfloat16)
+    assert not decode_by_matmul(few, few, few)
+    many = torch.zeros((16, 2, 2, DIM))
+    assert not decode_by_matmul(many, many, many)
+
+
+def check_each_sequence(
+    heads: int, kv_heads: int, shapes: list[tuple[int, int]], scale: float | None, dtype: torch.dtype, value_dim: int
+) -> StepLayout:
     generator = torch.Generator().manual_seed(0)
     slots = sum(context for _, context in shapes) + 1
-    pool_k = torch.randn((kv_heads, slots, DIM), generator=generator)
-    pool_v = torch.randn((kv_heads, slots, DIM), generator=generator)
+    pool_k = torch.randn((kv_heads, slots, DIM), generator=generator).to(dtype)
+    pool_v = torch.randn((kv_heads, slots, value_dim), generator=generator).to(dtype)
     pool_k[:, 0] = pool_v[:, 0] = 0  # slot 0: the zero pad padded reads point at
     order = torch.randperm(slots - 1, generator=generator) + 1  # each sequence's slots scattered over the pool
     segments, taken = [], 0
     for new, context in shapes:
         segments.append(Segment(order[taken : taken + context], new))
         taken += context
-    layout = StepLayout(segments, torch.device("cpu"))
+    layout = StepLayout(segments, torch.device("cpu"), dtype)
     tokens = sum(new for new, _ in shapes)
     # [1, heads, tokens, dim] as the model hands it over: a transposed view of its [1, tokens, heads, dim] projection
-    query = torch.randn((1, tokens, heads, DIM), generator=generator).transpose(1, 2)
+    query = torch.randn((1, tokens, heads, DIM), generator=generator).to(dtype).transpose(1, 2)
     gathered_k = pool_k.index_select(1, layout.gather).unsqueeze(0)
     gathered_v = pool_v.index_select(1, layout.gather).unsqueeze(0)
 
@@ -64,7 +103,13 @@ def test_each_sequence_gets_the_attention_over_its_own_context(
     start = 0
     for segment, (new, _) in zip(segments, shapes, strict=True):
         expected = reference(
-            query[0, :, start : start + new], pool_k[:, segment.slots], pool_v[:, segment.slots], scale
+            query[0, :, start : start + new].float(),
+            pool_k[:, segment.slots].float(),
+            pool_v[:, segment.slots].float(),
+            scale,
         )
-        torch.testing.assert_close(out[0, start : start + new], expected)
+        # float32 exactly as SDPA gives it; half precision within a few rounding steps of the float32 result
+        tolerance = {} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+        torch.testing.assert_close(out[0, start : start + new].float(), expected, **tolerance)
         start += new
+    return layout
