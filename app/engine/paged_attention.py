@@ -256,27 +256,27 @@ def _attend(
     return attended.transpose(1, 2).reshape(group.rows * group.queries, heads, -1)
 
 
-# When decode rows on a CPU in bf16 or fp16 attend by two matmuls (matmul_attention) rather than SDPA: SDPA's CPU
-# kernel pays per row and head, so it wins on a few rows and loses on many, and it is very slow when the values
-# are narrower than the queries (MLA's 192-wide queries, 128-wide values). Measured on one Zen 4 core, bf16, SDPA
-# against the matmuls: 4 heads of 16 on 2 KV heads, 2 rows over 60 keys 11 against 39 us, 16 rows 60 against
-# 51 us, 16 rows over 1,000 keys 328 against 223 us; 12 heads of 128 on 2, one row over 1,000 keys 151 against
-# 85 us, 16 rows over 1,000 keys 3.3 against 0.9 ms; MLA's 16 heads, one row over 1,000 keys 15.7 against 0.3 ms.
-# In float32 the two were within 25% of each other either way, so float32 keeps SDPA, and so does a GPU.
-MATMUL_DECODE_HEAD_ROWS = 48  # rows x query heads from which the matmuls win, whatever the context
-MATMUL_DECODE_WORK = 2**20  # rows x query heads x keys x head width from which they win on fewer rows
+# When decode rows on a CPU attend by two matmuls (matmul_attention) rather than SDPA, whose CPU kernel pays per
+# row and head: it wins on a few rows and loses on many, and it is very slow when the values are narrower than the
+# queries (MLA: 192-wide queries, 128-wide values). Measured with `python -m bench.decode_attention` on 2 Zen 4
+# cores (bench/results/decode-attention-cpu-2core-zen4.txt), SDPA ÷ matmuls on one thread and on two:
+# - MLA's 16 heads, 1 to 32 rows over 60 or 1,000 keys: 1.0-19x in bf16, 1.3-6.4x in float32;
+# - 16 rows or more: bf16 1.0-1.9x (4 heads of 16 on 2), 1.4-3.0x (12 heads of 128 on 2); float32 0.9-3.5x;
+# - fewer rows deep in a context, in bf16: 12 heads of 128 on 2, 2 rows over 1,000 keys 2.3x and 1.1x (one row:
+#   1.7x on one thread but 0.87x on two, the threads a real model decodes with); 8 rows over 60 keys 1.6x, 0.89x.
+# Not measured on other CPUs; a GPU keeps SDPA.
+MATMUL_DECODE_ROWS = 16
+MATMUL_DECODE_WORK = 2**21  # in bf16 or fp16: rows x query heads x keys x query width from which the matmuls win
 
 
 def decode_by_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether decode rows (q [rows, kv_heads, group, dim], k and v [rows, kv_heads, keys, dim]) attend by matmuls."""
-    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16):
+    if q.device.type != "cpu":
         return False
-    head_rows = q.shape[0] * q.shape[1] * q.shape[2]
-    return (
-        q.shape[-1] != v.shape[-1]
-        or head_rows >= MATMUL_DECODE_HEAD_ROWS
-        or head_rows * k.shape[2] * q.shape[-1] >= MATMUL_DECODE_WORK
-    )
+    if q.shape[-1] != v.shape[-1] or q.shape[0] >= MATMUL_DECODE_ROWS:
+        return True
+    work = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] * q.shape[-1]
+    return q.dtype in (torch.bfloat16, torch.float16) and work >= MATMUL_DECODE_WORK
 
 
 def matmul_attention(

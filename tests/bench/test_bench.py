@@ -73,3 +73,13 @@ def test_the_memory_figure_reads_the_kv_cache_the_server_exposes() -> None:
     assert kv_tokens_held(server.render().decode()) == 400
     with pytest.raises(RuntimeError, match="no KV cache usage"):
         kv_tokens_held("deepseek_model_loaded 1\n")
+
+
+def test_the_decode_attention_comparison_names_the_path_the_engine_takes() -> None:
+    import torch
+
+    from bench.decode_attention import compare
+
+    many = compare(torch.bfloat16, 2, 2, 16, 16, rows=32, keys=60)
+    assert "SDPA" in many and many.endswith("engine: matmuls")
+    assert compare(torch.float32, 2, 2, 16, 16, rows=2, keys=60).endswith("engine: SDPA")

@@ -1,9 +1,9 @@
 """paged_attention against plain attention, sequence by sequence: whatever groups, padding, masks and head layouts
 a step's mix of decode rows and prompts gets, each sequence's output is what attending over its own context gives.
 
-Decode rows take their own path (their query heads folded onto the KV heads they share; in half precision on a
-CPU, many of them attend by two matmuls), so the mixes below have decode rows of several context lengths beside
-prompts, with and without GQA, and in half precision."""
+Decode rows take their own path (their query heads folded onto the KV heads they share; on a CPU, many of them
+attend by two matmuls), so the mixes below have decode rows of several context lengths beside prompts, with and
+without GQA, in float32 and half precision."""
 
 from __future__ import annotations
 
@@ -48,33 +48,37 @@ def test_each_sequence_gets_the_attention_over_its_own_context(
 MANY_DECODE_ROWS = [(1, 40 + row % 8) for row in range(16)]  # 16 rows of several depths: one padded, masked group
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(
-    ("heads", "kv_heads", "value_dim", "shapes"),
+    ("dtype", "heads", "kv_heads", "value_dim", "shapes"),
     [
-        (4, 2, DIM, MANY_DECODE_ROWS),
-        (4, 4, DIM, MANY_DECODE_ROWS),
-        (4, 2, DIM, [(1, 12)] * 16),  # one depth: no mask
-        (2, 2, DIM // 2, [(1, 28), (1, 30)]),  # values narrower than queries (MLA's shape), on two rows
+        (torch.bfloat16, 4, 2, DIM, MANY_DECODE_ROWS),
+        (torch.float16, 4, 2, DIM, MANY_DECODE_ROWS),
+        (torch.float32, 4, 2, DIM, MANY_DECODE_ROWS),
+        (torch.bfloat16, 4, 4, DIM, MANY_DECODE_ROWS),
+        (torch.bfloat16, 4, 2, DIM, [(1, 12)] * 16),  # one depth: no mask
+        (torch.bfloat16, 2, 2, DIM // 2, [(1, 28), (1, 30)]),  # values narrower than queries (MLA's shape)
+        (torch.float32, 2, 2, DIM // 2, [(1, 28), (1, 30)]),
+        (torch.bfloat16, 16, 2, DIM, [(1, 4096), (1, 4000)]),  # two rows of many heads deep in a long context
     ],
 )
-def test_half_precision_decode_rows_on_a_cpu_attend_by_matmuls_as_sdpa_would(
+def test_decode_rows_on_a_cpu_that_attend_by_matmuls_get_what_sdpa_gives(
     dtype: torch.dtype, heads: int, kv_heads: int, value_dim: int, shapes: list[tuple[int, int]]
 ) -> None:
-    """Many decode rows, or values narrower than queries, take the matmul path (paged_attention.decode_by_matmul):
-    each row still gets its own attention, within half precision's rounding."""
+    """Many decode rows, values narrower than queries, or a few half-precision rows deep in a context take the
+    matmul path (paged_attention.decode_by_matmul): each row still gets its own attention."""
     rows = torch.zeros((len(shapes), kv_heads, heads // kv_heads, DIM), dtype=dtype)
-    assert decode_by_matmul(rows, rows, rows[..., :value_dim])
+    keys = torch.zeros((len(shapes), kv_heads, max(context for _, context in shapes), DIM), dtype=dtype)
+    assert decode_by_matmul(rows, keys, rows[..., :value_dim])
     layout = check_each_sequence(heads, kv_heads, shapes, None, dtype, value_dim)
     assert len(layout.groups) == 1  # all the rows in the one call the check above is about
     assert (layout.groups[0].mask is None) == (len({context for _, context in shapes}) == 1)
 
 
-def test_few_decode_rows_and_float32_keep_sdpa() -> None:
-    few = torch.zeros((2, 2, 2, DIM), dtype=torch.bfloat16)
-    assert not decode_by_matmul(few, few, few)
-    many = torch.zeros((16, 2, 2, DIM))
-    assert not decode_by_matmul(many, many, many)
+def test_a_few_decode_rows_keep_sdpa() -> None:
+    few = torch.zeros((8, 2, 2, DIM), dtype=torch.bfloat16)  # 8 rows over 60 keys
+    assert not decode_by_matmul(few, few.new_zeros((8, 2, 60, DIM)), few)
+    deep = torch.zeros((2, 2, 2, DIM))  # two float32 rows deep in a context: only half precision gains there
+    assert not decode_by_matmul(deep, deep.new_zeros((2, 2, 4096, DIM)), deep)
 
 
 def check_each_sequence(
@@ -109,7 +113,7 @@ def check_each_sequence(
             scale,
         )
         # float32 exactly as SDPA gives it; half precision within a few rounding steps of the float32 result
-        tolerance = {} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
-        torch.testing.assert_close(out[0, start : start + new].float(), expected, **tolerance)
+        tolerance = None if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(out[0, start : start + new].float(), expected, atol=tolerance, rtol=tolerance)
         start += new
     return layout
