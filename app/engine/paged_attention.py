@@ -260,7 +260,7 @@ def _attend(
 # row and head: it wins on a few rows and loses on many, and it is very slow when the values are narrower than the
 # queries (MLA: 192-wide queries, 128-wide values). Measured with `python -m bench.decode_attention` on 2 Zen 4
 # cores (bench/results/decode-attention-cpu-2core-zen4.txt), SDPA ÷ matmuls on one thread and on two:
-# - MLA's 16 heads, 1 to 32 rows over 60 or 1,000 keys: 1.0-19x in bf16, 1.3-6.4x in float32;
+# - MLA's 16 heads, 1 to 32 rows over 60 or 1,000 keys: 1.0-26x in bf16, 1.1-6.4x in float32 (two runs);
 # - 16 rows or more: bf16 1.0-1.9x (4 heads of 16 on 2), 1.4-3.0x (12 heads of 128 on 2); float32 0.9-3.5x;
 # - fewer rows deep in a context, in bf16: 12 heads of 128 on 2, 2 rows over 1,000 keys 2.3x and 1.1x (one row:
 #   1.7x on one thread but 0.87x on two, the threads a real model decodes with); 8 rows over 60 keys 1.6x, 0.89x.
