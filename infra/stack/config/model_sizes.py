@@ -33,9 +33,16 @@ PUBLISHED_CHECKPOINTS: dict[str, tuple[float, int]] = {
 }
 
 
+# The Hub resolves repository ids whatever their case (huggingface/huggingface_hub#2090, a maintainer: "repo ids are
+# case insensitive across the Hub"), so `deepseek-ai/deepseek-r1` downloads R1's 625 GiB: it must get R1's budget,
+# not the small model's, or its pods restart before the download ends.
+_BY_FOLDED_ID = {identity.casefold(): size for identity, size in PUBLISHED_CHECKPOINTS.items()}
+
+
 def published_weights_gib(model_id: str) -> float | None:
-    """The size of a published DeepSeek checkpoint's weights in GiB; None for a model this table does not know."""
-    known = PUBLISHED_CHECKPOINTS.get(model_id)
+    """The size of a published DeepSeek checkpoint's weights in GiB, by its Hub id in any case; None for a model this
+    table does not know."""
+    known = _BY_FOLDED_ID.get(model_id.casefold())
     if known is None:
         return None
     billions, width = known

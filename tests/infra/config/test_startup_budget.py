@@ -38,6 +38,8 @@ def test_deepseeks_published_checkpoints_are_known_by_their_ids() -> None:
     assert r1 is not None and 620 < r1 < 630  # 671B parameters, one byte each in FP8
     assert distill is not None and 130 < distill < 133  # 70.6B in bf16
     assert published_weights_gib("someone/else") is None
+    assert published_weights_gib("deepseek-ai/deepseek-r1") == r1  # the Hub resolves ids whatever their case
+    assert published_weights_gib("DEEPSEEK-AI/DeepSeek-R1-Distill-Llama-70B") == distill
     assert all(identity.startswith("deepseek-ai/") for identity in PUBLISHED_CHECKPOINTS)
 
 
