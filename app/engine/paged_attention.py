@@ -262,8 +262,9 @@ def _attend(
 # cores (bench/results/decode-attention-cpu-2core-zen4.txt), SDPA ÷ matmuls on one thread and on two:
 # - MLA's 16 heads, 1 to 32 rows over 60 or 1,000 keys: 1.0-26x in bf16, 1.1-6.4x in float32 (two runs);
 # - 16 rows or more: bf16 1.0-1.9x (4 heads of 16 on 2), 1.4-3.0x (12 heads of 128 on 2); float32 0.9-3.5x;
-# - fewer rows deep in a context, in bf16: 12 heads of 128 on 2, 2 rows over 1,000 keys 2.3x and 1.1x (one row:
-#   1.7x on one thread but 0.87x on two, the threads a real model decodes with); 8 rows over 60 keys 1.6x, 0.89x.
+# - fewer rows with much work, in bf16: 12 heads of 128 on 2, 2 rows over 1,000 keys 2.3x and 1.1x. Below the work
+#   threshold, SDPA stays: one such row over 1,000 keys (1.7x on one thread but 0.87x on two, the threads a real
+#   model decodes with), 8 rows over 60 keys (1.6x, 0.89x).
 # Not measured on other CPUs; a GPU keeps SDPA.
 MATMUL_DECODE_ROWS = 16
 MATMUL_DECODE_WORK = 2**21  # in bf16 or fp16: rows x query heads x keys x query width from which the matmuls win
