@@ -1,6 +1,5 @@
 """How decode rows should attend on this CPU: SDPA against two matmuls (app.engine.paged_attention.matmul_attention),
-per head layout, number of rows and context depth, in bf16 (where the engine picks the matmuls for many rows) and
-float32 (where it keeps SDPA).
+per head layout, number of rows and context depth, in bf16 and float32, and which of the two the engine picks.
 
     python -m bench.decode_attention
 

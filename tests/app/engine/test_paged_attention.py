@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 
+from app.engine import paged_attention as paged_attention_module
 from app.engine.paged_attention import LAYOUT_KWARG, Segment, StepLayout, decode_by_matmul, paged_attention
 
 DIM = 16
@@ -62,16 +63,38 @@ MANY_DECODE_ROWS = [(1, 40 + row % 8) for row in range(16)]  # 16 rows of severa
     ],
 )
 def test_decode_rows_on_a_cpu_that_attend_by_matmuls_get_what_sdpa_gives(
-    dtype: torch.dtype, heads: int, kv_heads: int, value_dim: int, shapes: list[tuple[int, int]]
+    dtype: torch.dtype,
+    heads: int,
+    kv_heads: int,
+    value_dim: int,
+    shapes: list[tuple[int, int]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Many decode rows, values narrower than queries, or a few half-precision rows deep in a context take the
     matmul path (paged_attention.decode_by_matmul): each row still gets its own attention."""
-    rows = torch.zeros((len(shapes), kv_heads, heads // kv_heads, DIM), dtype=dtype)
-    keys = torch.zeros((len(shapes), kv_heads, max(context for _, context in shapes), DIM), dtype=dtype)
-    assert decode_by_matmul(rows, keys, rows[..., :value_dim])
+    calls = spy_on_matmul_attention(monkeypatch)
     layout = check_each_sequence(heads, kv_heads, shapes, None, dtype, value_dim)
-    assert len(layout.groups) == 1  # all the rows in the one call the check above is about
+    assert calls == [len(shapes)]  # the one group of them all went through the matmuls
     assert (layout.groups[0].mask is None) == (len({context for _, context in shapes}) == 1)
+
+
+def test_a_few_float32_decode_rows_beside_prompts_keep_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = spy_on_matmul_attention(monkeypatch)
+    check_each_sequence(4, 2, [(1, 30), (7, 7), (5, 19), (1, 6)], None, torch.float32, DIM)
+    assert calls == []
+
+
+def spy_on_matmul_attention(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The rows of each group paged_attention hands to the matmul path, as the test's step runs."""
+    calls: list[int] = []
+    original = paged_attention_module.matmul_attention
+
+    def counted(q: torch.Tensor, *rest: Any) -> torch.Tensor:
+        calls.append(int(q.shape[0]))
+        return original(q, *rest)
+
+    monkeypatch.setattr(paged_attention_module, "matmul_attention", counted)
+    return calls
 
 
 def test_a_few_decode_rows_keep_sdpa() -> None:
